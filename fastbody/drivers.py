@@ -1,0 +1,98 @@
+"""The two drivers of the one pump: blocking (``poll``) and asyncio (``add_reader``/``add_writer``).
+
+A driver runs the pump, waits for what it asks, and turns "no readiness within ``timeout``"
+into a ``TimeoutError`` thrown back into the pump, which adds the count sent and cleans up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+from collections.abc import Callable
+
+from .pump import Event, Pull, Pump, Request, Wait
+
+_POLL_EVENTS = {Event.READ: select.POLLIN, Event.WRITE: select.POLLOUT}
+
+
+def run_blocking(pump: Pump, timeout: float | None) -> int:
+    """Run ``pump`` to the end on this thread; the result is the number of bytes sent."""
+    try:
+        request = next(pump)
+        while True:
+            if isinstance(request, Pull):
+                request = pump.throw(TypeError("an async iterable needs atransfer()"))
+            elif _poll(request, timeout):
+                request = pump.send(None)
+            else:
+                request = pump.throw(_no_progress(request, timeout))
+    except StopIteration as done:
+        return int(done.value)
+    finally:
+        pump.close()
+
+
+def _poll(wait: Wait, timeout: float | None) -> bool:
+    poller = select.poll()
+    # Errors and hang-ups are reported whatever is asked: the next call then raises them.
+    poller.register(wait.fd, _POLL_EVENTS[wait.event])
+    return bool(poller.poll(None if timeout is None else timeout * 1000))
+
+
+async def run_async(pump: Pump, timeout: float | None) -> int:
+    """Run ``pump`` on the running loop without blocking it."""
+    loop = asyncio.get_running_loop()
+    # The loop may not watch an fd a transport owns, so waits are registered on dups.
+    dups: dict[int, int] = {}
+    try:
+        request: Request = next(pump)
+        while True:
+            if isinstance(request, Pull):
+                request = await _pull(pump, request)
+                continue
+            dup = dups.get(request.fd)
+            if dup is None:
+                dup = dups[request.fd] = os.dup(request.fd)
+            if await _ready(loop, dup, request.event, timeout):
+                request = pump.send(None)
+            else:
+                request = pump.throw(_no_progress(request, timeout))
+    except StopIteration as done:
+        return int(done.value)
+    finally:
+        pump.close()  # on cancellation too: the pump releases its pipe and restores modes
+        for dup in dups.values():
+            os.close(dup)
+
+
+async def _pull(pump: Pump, request: Pull) -> Request:
+    try:
+        chunk = await request.chunks.__anext__()
+    except StopAsyncIteration:
+        chunk = None
+    return pump.send(chunk)
+
+
+async def _ready(loop: asyncio.AbstractEventLoop, fd: int, event: Event, timeout: float | None) -> bool:
+    ready: asyncio.Future[bool] = loop.create_future()
+
+    def settle(value: bool) -> None:
+        if not ready.done():
+            ready.set_result(value)
+
+    watch: Callable[..., None] = loop.add_reader if event is Event.READ else loop.add_writer
+    unwatch: Callable[[int], bool] = loop.remove_reader if event is Event.READ else loop.remove_writer
+    watch(fd, settle, True)
+    expiry = None if timeout is None else loop.call_later(timeout, settle, False)
+    try:
+        return await ready
+    finally:
+        unwatch(fd)
+        if expiry is not None:
+            expiry.cancel()
+
+
+def _no_progress(wait: Wait, timeout: float | None) -> TimeoutError:
+    side = "readable" if wait.event is Event.READ else "writable"
+    return TimeoutError(f"no progress for {timeout} seconds: fd {wait.fd} did not become {side}")

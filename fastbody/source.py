@@ -1,0 +1,144 @@
+"""What a source is: turn whatever the caller handed in into a ``Body`` the pump can move.
+
+Classification looks at the object and, for objects with an fd, at what the fd refers to
+(``fstat``); it sends nothing. A path is opened here, and the resulting body owns that file.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import os
+import ssl
+import stat
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+from . import syscalls
+
+
+class StreamKind(enum.Enum):
+    SOCKET = "socket"
+    PIPE = "pipe"  # pipe or FIFO: splice straight to the socket
+    OTHER = "other"  # character device and the like: read and copy
+
+
+@dataclass
+class FileBody:
+    """A regular file: sent by sendfile from ``offset``."""
+
+    fd: int
+    offset: int
+    size: int
+    file: IO[bytes] | None  # the caller's file whose position follows the bytes sent, if any
+    owned: IO[bytes] | None  # a file fastbody opened from a path and closes when done
+
+    @property
+    def length(self) -> int:
+        return max(self.size - self.offset, 0)
+
+
+@dataclass
+class StreamBody:
+    """A socket, pipe or device read until EOF (or ``count``)."""
+
+    fd: int
+    kind: StreamKind
+    buffered: io.BufferedReader | None = None  # bytes already read into Python come first
+    tls: ssl.SSLSocket | None = None  # a TLS socket is read through its object: no splice
+
+    length = None
+
+
+@dataclass
+class ReaderBody:
+    """A file-like object with no usable fd (``io.BytesIO``, a decompressor, ...)."""
+
+    reader: Any
+
+    length = None
+
+
+@dataclass
+class ChunksBody:
+    """Bytes-like objects handed over one after another (a bytes object is a single chunk)."""
+
+    chunks: Iterator[Any] | AsyncIterator[Any]
+    is_async: bool
+    length: int | None = None
+
+
+Body = FileBody | StreamBody | ReaderBody | ChunksBody
+
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+def classify(source: object, offset: int | None, *, allow_async: bool) -> Body:
+    """The ``Body`` for ``source``; ``TypeError`` for what cannot be sent at all."""
+    if isinstance(source, (str, os.PathLike)):
+        owned = open(source, "rb")  # noqa: SIM115 - the body owns it; the pump closes it
+        try:
+            return _file_body(owned, owned.fileno(), offset, owned=True)
+        except BaseException:
+            owned.close()
+            raise
+    if isinstance(source, io.TextIOBase):
+        raise TypeError(f"cannot send text file {source!r}: open it in binary mode")
+    fd = _usable_fd(source)
+    if fd is not None:
+        kind = syscalls.file_type(fd)
+        if kind == stat.S_IFREG:
+            return _file_body(source, fd, offset, owned=False)
+        _no_offset(offset, source)
+        stream = {stat.S_IFSOCK: StreamKind.SOCKET, stat.S_IFIFO: StreamKind.PIPE}.get(kind, StreamKind.OTHER)
+        return StreamBody(
+            fd,
+            stream,
+            buffered=source if isinstance(source, io.BufferedReader) else None,
+            tls=source if isinstance(source, ssl.SSLSocket) else None,
+        )
+    _no_offset(offset, source)
+    if isinstance(source, _BYTES_LIKE):
+        view = memoryview(source).cast("B")
+        return ChunksBody(iter([view]), is_async=False, length=len(view))
+    if hasattr(source, "readinto") or hasattr(source, "read"):
+        return ReaderBody(source)
+    if hasattr(source, "__aiter__"):
+        if not allow_async:
+            name = type(source).__name__
+            raise TypeError(f"transfer() cannot consume async iterable {name!r}: use atransfer()")
+        return ChunksBody(source.__aiter__(), is_async=True)
+    if hasattr(source, "__iter__"):
+        return ChunksBody(iter(source), is_async=False)
+    raise TypeError(
+        f"cannot send {type(source).__name__!r}: expected a path, binary file, socket, pipe, "
+        "bytes-like object or (async) iterable of bytes"
+    )
+
+
+def _usable_fd(source: object) -> int | None:
+    fileno = getattr(source, "fileno", None)
+    if fileno is None or isinstance(source, _BYTES_LIKE):
+        return None
+    try:
+        fd = fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation (BytesIO), closed file
+        return None
+    if not isinstance(fd, int) or fd < 0:
+        raise ValueError(f"cannot send {source!r}: it is closed")
+    return fd
+
+
+def _file_body(file: Any, fd: int, offset: int | None, *, owned: bool) -> FileBody:
+    size = syscalls.file_size(fd)
+    if offset is not None:
+        return FileBody(fd, offset, size, file=None, owned=file if owned else None)
+    # The caller's position, as a read would see it (a buffered file's tell() counts its buffer).
+    position = file.tell() if hasattr(file, "tell") else os.lseek(fd, 0, os.SEEK_CUR)
+    return FileBody(fd, position, size, file=file, owned=file if owned else None)
+
+
+def _no_offset(offset: int | None, source: object) -> None:
+    if offset is not None:
+        raise ValueError(f"offset applies to regular files only, not to {type(source).__name__!r}")

@@ -1,0 +1,108 @@
+"""The system calls that move bytes, in one place.
+
+Every call here is non-blocking: it moves what it can and answers ``None`` when it would
+have to wait (EAGAIN), so that the pump can say what it waits for and a driver can wait for
+it. Errors other than EAGAIN propagate as ``OSError``.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+# Linux moves at most this much per sendfile/splice call; larger requests are clipped, and
+# some kernels answered unbounded lengths with EINVAL, so every call asks for a bounded step.
+MAX_STEP = 0x7FFFF000
+
+# A path that answers the first call with one of these cannot start on this pair of fds
+# (file system without splice support, unusual socket family, ...): the next path is tried.
+CANNOT_START = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ESPIPE})
+
+_SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+
+
+def sendfile(dst: int, src: int, offset: int, count: int) -> int | None:
+    """Send up to ``count`` bytes of file ``src`` from ``offset``; ``None`` if ``dst`` is full."""
+    try:
+        return os.sendfile(dst, src, offset, min(count, MAX_STEP))
+    except BlockingIOError:
+        return None
+
+
+def splice(src: int, dst: int, count: int) -> int | None:
+    """Move up to ``count`` bytes from ``src`` to ``dst`` (one is a pipe); ``None`` on EAGAIN."""
+    try:
+        return os.splice(src, dst, min(count, MAX_STEP), flags=_SPLICE_FLAGS)
+    except BlockingIOError:
+        return None
+
+
+def read_into(fd: int, buffer: memoryview, offset: int | None = None) -> int | None:
+    """Read into ``buffer`` (at ``offset`` for a file, leaving its position alone); ``None`` on EAGAIN."""
+    try:
+        if offset is None:
+            return os.readv(fd, [buffer])
+        return os.preadv(fd, [buffer], offset)
+    except BlockingIOError:
+        return None
+
+
+def write(fd: int, data: memoryview) -> int | None:
+    """Write what the socket takes of ``data``; ``None`` if it takes nothing now."""
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return None
+
+
+def readable_now(fd: int) -> bool:
+    """Whether reading ``fd`` would not block (data waiting, EOF or error)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def file_type(fd: int) -> int:
+    """The ``stat.S_IFMT`` bits of what ``fd`` refers to."""
+    return stat.S_IFMT(os.fstat(fd).st_mode)
+
+
+def file_size(fd: int) -> int:
+    return os.fstat(fd).st_size
+
+
+@contextmanager
+def nonblocking(fd: int) -> Iterator[None]:
+    """Make ``fd`` non-blocking for the duration, then put back the mode it had."""
+    was_blocking = os.get_blocking(fd)
+    if was_blocking:
+        os.set_blocking(fd, False)
+    try:
+        yield
+    finally:
+        if was_blocking:
+            with suppress(OSError):  # the owner closed it meanwhile: nothing left to restore
+                os.set_blocking(fd, True)
+
+
+def new_pipe(size: int) -> tuple[int, int, int]:
+    """A close-on-exec pipe asked to hold ``size`` bytes: ``(read_fd, write_fd, real_size)``.
+
+    The kernel may refuse the size (per-user pipe budget spent, ``pipe-max-size``) and leave
+    the pipe small, so the size is read back rather than trusted.
+    """
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    with suppress(OSError):  # EPERM past pipe-max-size or the user's budget: keep the size it has
+        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, size)
+    real_size = fcntl.fcntl(write_fd, fcntl.F_GETPIPE_SZ)
+    return read_fd, write_fd, real_size
+
+
+def close(fd: int) -> None:
+    with suppress(OSError):
+        os.close(fd)

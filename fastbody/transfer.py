@@ -1,0 +1,77 @@
+"""The public entry points: ``transfer`` (blocking) and ``atransfer`` (asyncio)."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import stat
+
+from . import syscalls
+from .drivers import run_async, run_blocking
+from .pipes import PipePool, default_pool
+from .pump import Destination, Pump, pump
+from .source import classify
+
+
+def transfer(
+    sock: socket.socket,
+    source: object,
+    *,
+    offset: int | None = None,
+    count: int | None = None,
+    timeout: float | None = None,
+) -> int:
+    """Send the bytes of ``source`` to the connected stream socket ``sock``; return how many.
+
+    ``source`` is a regular file (binary file object or path), a socket, the read end of a
+    pipe or FIFO, a bytes-like object, a file-like object, or an iterable of bytes. Files go
+    by ``sendfile(2)``, sockets and pipes by ``splice(2)``, everything else by a buffered copy.
+
+    ``count`` bytes exactly (the rest of the source stays unread), or until the source ends
+    when ``None``. ``offset`` (files only) starts there and leaves the file position alone;
+    ``None`` starts at the position and leaves it after the last byte sent. ``timeout``: the
+    seconds the transfer may make no progress before ``TransferTimeout``.
+    """
+    return run_blocking(_pump(sock, source, offset, count, allow_async=False), timeout)
+
+
+async def atransfer(
+    sock: socket.socket,
+    source: object,
+    *,
+    offset: int | None = None,
+    count: int | None = None,
+    timeout: float | None = None,
+) -> int:
+    """``transfer`` on the running asyncio loop, for a non-blocking ``sock`` it does not own.
+
+    ``source`` may also be an async iterable of bytes. The loop is never blocked; the fds are
+    watched through dups, so ``sock`` may belong to a transport.
+    """
+    if sock.gettimeout() != 0.0:  # asyncio's TransportSocket wrappers answer 0
+        raise ValueError("atransfer() needs a non-blocking socket (sock.setblocking(False))")
+    return await run_async(_pump(sock, source, offset, count, allow_async=True), timeout)
+
+
+def _pump(
+    sock: socket.socket,
+    source: object,
+    offset: int | None,
+    count: int | None,
+    *,
+    allow_async: bool,
+    pool: PipePool = default_pool,
+) -> Pump:
+    if count is not None and count < 0:
+        raise ValueError(f"count must be None or >= 0, not {count}")
+    if offset is not None and offset < 0:
+        raise ValueError(f"offset must be None or >= 0, not {offset}")
+    return pump(_destination(sock), classify(source, offset, allow_async=allow_async), count, pool)
+
+
+def _destination(sock: socket.socket) -> Destination:
+    fileno = getattr(sock, "fileno", None)
+    fd = fileno() if fileno is not None else -1
+    if not isinstance(fd, int) or fd < 0 or syscalls.file_type(fd) != stat.S_IFSOCK:
+        raise TypeError(f"sock must be a connected stream socket, not {sock!r}")
+    return Destination(fd, tls=sock if isinstance(sock, ssl.SSLSocket) else None)

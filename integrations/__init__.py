@@ -1,0 +1,1 @@
+"""Server and framework adapters for fastbody, imported as ``fastbody.integrations.*``."""
