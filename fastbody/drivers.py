@@ -49,7 +49,7 @@ async def run_async(pump: Pump, timeout: float | None) -> int:
         request: Request = next(pump)
         while True:
             if isinstance(request, Pull):
-                request = await _pull(pump, request)
+                request = pump.send(await _pull(request))
                 continue
             dup = dups.get(request.fd)
             if dup is None:
@@ -66,12 +66,11 @@ async def run_async(pump: Pump, timeout: float | None) -> int:
             os.close(dup)
 
 
-async def _pull(pump: Pump, request: Pull) -> Request:
+async def _pull(request: Pull) -> object:
     try:
-        chunk = await request.chunks.__anext__()
+        return await request.chunks.__anext__()
     except StopAsyncIteration:
-        chunk = None
-    return pump.send(chunk)
+        return None
 
 
 async def _ready(loop: asyncio.AbstractEventLoop, fd: int, event: Event, timeout: float | None) -> bool:
