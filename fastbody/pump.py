@@ -20,7 +20,7 @@ from typing import Any
 from . import counters, syscalls
 from .errors import IncompleteTransfer, with_sent
 from .pipes import PipePool
-from .plan import Path, choose_path
+from .plan import Path, Trickle, choose_path
 from .source import Body, ChunksBody, FileBody, ReaderBody, StreamBody, StreamKind
 
 COPY_BUFFER = 1 << 20
@@ -53,7 +53,7 @@ class Pull:
 Request = Wait | Pull
 Pump = Generator[Request, Any, int]
 Step = Generator[Request, Any, None]
-Attempt = Generator[Request, Any, bool]  # False: the path could not start, nothing was sent
+Attempt = Generator[Request, Any, bool]  # False: the copy path is to move the rest
 
 
 @dataclass
@@ -157,6 +157,7 @@ def _splice_through_pipe(dst: Destination, src: int, progress: Progress, pool: P
         return False
     empty = True
     started = False
+    trickle = Trickle()
     try:
         while not progress.done:
             # Fill the empty pipe, then drain it completely: so EAGAIN on the fill means
@@ -174,14 +175,17 @@ def _splice_through_pipe(dst: Destination, src: int, progress: Progress, pool: P
                 break
             started = True
             empty = False
-            while filled:
-                drained = syscalls.splice(pipe.read_fd, dst.fd, filled)
+            pending = filled
+            while pending:
+                drained = syscalls.splice(pipe.read_fd, dst.fd, pending)
                 if drained is None:
                     yield Wait(dst.fd, Event.WRITE)
                     continue
-                filled -= drained
+                pending -= drained
                 progress.add(counters.SPLICE, drained)
             empty = True
+            if trickle.seen(filled):  # the pipe is empty again: the copy path takes over from here
+                return False
         return True
     finally:
         pool.release(pipe, empty=empty)

@@ -105,11 +105,12 @@ def _uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop  # type: ignore[no-any-return]
 
 
-def run_async(coroutine: Any, loop_kind: str) -> Any:
+def run_async(coroutine: Any, loop_kind: str, timeout: float = 60) -> Any:
+    """Run ``coroutine`` on a new asyncio or uvloop loop; a hang fails after ``timeout`` seconds."""
     factory = _uvloop_factory() if loop_kind == "uvloop" else asyncio.new_event_loop
     loop = factory()
     try:
-        return loop.run_until_complete(coroutine)
+        return loop.run_until_complete(asyncio.wait_for(coroutine, timeout))
     finally:
         loop.close()
 

@@ -1,0 +1,204 @@
+"""atransfer's own promises: it never blocks the loop, works on a transport's socket,
+cleans up when cancelled; and TLS sockets take the copy path."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Receiver, StatsDelta, close_fed, feed_socket, run_async, sha256, tcp_pair
+
+import fastbody
+from fastbody.pipes import default_pool
+
+MiB = 1 << 20
+LOOPS = ["asyncio", "uvloop"]
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_loop_stays_responsive_while_a_slow_client_reads(loop_kind: str, blob_32m: bytes) -> None:
+    server, client = tcp_pair()
+    server.setblocking(False)
+    ticks: list[float] = []
+
+    def slow_read() -> None:
+        while client.recv(256 << 10):
+            time.sleep(0.01)
+
+    reader = threading.Thread(target=slow_read)
+    reader.start()
+
+    async def main() -> int:
+        async def tick() -> None:
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.ensure_future(tick())
+        try:
+            return await fastbody.atransfer(server, feed_socket(blob_32m))
+        finally:
+            ticker.cancel()
+
+    started = time.monotonic()
+    assert run_async(main(), loop_kind) == len(blob_32m)
+    elapsed = time.monotonic() - started
+    server.close()
+    reader.join(30)
+    client.close()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(ticks)]
+    assert elapsed > 0.3 and len(ticks) > 10
+    assert max(gaps) < 0.5, f"the loop was blocked for {max(gaps):.3f} s"
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_transfer_on_a_transport_socket(loop_kind: str, blob_32m: bytes, tmp_path: Path) -> None:
+    """The case of an ASGI server: the socket belongs to a transport; atransfer watches a dup."""
+    path = tmp_path / "body"
+    path.write_bytes(blob_32m)
+    moved = StatsDelta()
+
+    async def main() -> tuple[int, str]:
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        class Serve(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+                transport.pause_reading()
+                transport.write(b"head:")  # bytes the transport buffered go out first
+                self.sending = asyncio.ensure_future(self.send(transport))
+
+            async def send(self, transport: asyncio.Transport) -> None:
+                while transport.get_write_buffer_size():
+                    await asyncio.sleep(0.001)
+                sent = await fastbody.atransfer(transport.get_extra_info("socket"), str(path))
+                transport.close()
+                done.set_result(sent)
+
+        server = await asyncio.get_running_loop().create_server(Serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        received = await reader.read(-1)
+        writer.close()
+        server.close()
+        return await done, sha256(received)
+
+    assert run_async(main(), loop_kind) == (len(blob_32m), sha256(b"head:" + blob_32m))
+    assert moved() == {"sendfile": len(blob_32m)}
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_cancelled_transfer_releases_everything(loop_kind: str, blob_32m: bytes) -> None:
+    default_pool.clear()
+    before = set(os.listdir("/proc/self/fd"))
+    server, client = tcp_pair()
+    source = feed_socket(blob_32m)
+    source_was_blocking = os.get_blocking(source.fileno())
+    receiver = Receiver(client, stop_after=MiB)  # stalls the transfer mid-body
+    server.setblocking(False)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(fastbody.atransfer(server, source))
+        await asyncio.sleep(0.3)
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run_async(main(), loop_kind)
+    assert default_pool.in_use() == 0
+    assert os.get_blocking(source.fileno()) == source_was_blocking
+    server.close()
+    client.close()
+    receiver.thread.join(10)
+    close_fed(source)
+    default_pool.clear()
+    assert set(os.listdir("/proc/self/fd")) == before
+
+
+# -- TLS: the bytes are encrypted in Python, so both ends of a TLS transfer copy ----------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl command not installed (Debian package openssl)")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1"),
+            "-keyout",
+            key,
+            "-out",
+            cert,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+def tls_pair(certificate: tuple[str, str]) -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(*certificate)
+    client_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_context.load_verify_locations(certificate[0])
+    client_context.check_hostname = False
+    plain_server, plain_client = tcp_pair()
+    wrapped: dict[str, ssl.SSLSocket] = {}
+    handshake = threading.Thread(
+        target=lambda: wrapped.setdefault("client", client_context.wrap_socket(plain_client))
+    )
+    handshake.start()
+    server = server_context.wrap_socket(plain_server, server_side=True)
+    handshake.join(10)
+    return server, wrapped["client"]
+
+
+@pytest.mark.parametrize("kind", ["file", "socket"])
+def test_tls_destination_copies(
+    certificate: tuple[str, str], blob_32m: bytes, tmp_path: Path, kind: str
+) -> None:
+    path = tmp_path / "body"
+    path.write_bytes(blob_32m)
+    server, client = tls_pair(certificate)
+    server.settimeout(7.5)
+    moved = StatsDelta()
+    receiver = Receiver(client)  # type: ignore[arg-type]
+    source: object = str(path) if kind == "file" else feed_socket(blob_32m)
+    assert fastbody.transfer(server, source) == len(blob_32m)
+    assert server.gettimeout() == 7.5  # the caller's timeout is put back
+    server.close()
+    assert receiver.result() == (len(blob_32m), sha256(blob_32m))
+    assert moved() == {"copy": len(blob_32m)}
+    client.close()
+    if isinstance(source, socket.socket):
+        close_fed(source)
+
+
+def test_tls_source_copies(certificate: tuple[str, str], blob_32m: bytes) -> None:
+    source, writer = tls_pair(certificate)
+    # FIN, not close(): the writer never reads its TLS 1.3 session tickets, and closing a socket
+    # with unread data sends a reset that makes the reader's kernel drop what it has not read.
+    threading.Thread(target=lambda: (writer.sendall(blob_32m), writer.shutdown(socket.SHUT_WR))).start()
+    server, client = tcp_pair()
+    moved = StatsDelta()
+    receiver = Receiver(client)
+    assert fastbody.transfer(server, source, count=len(blob_32m)) == len(blob_32m)
+    server.close()
+    assert receiver.result() == (len(blob_32m), sha256(blob_32m))
+    assert moved() == {"copy": len(blob_32m)}
+    source.close()
+    writer.close()
+    client.close()
