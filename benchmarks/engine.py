@@ -11,6 +11,7 @@ receiver, so the telling figure is the sender's CPU seconds per GiB (DESIGN.md, 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import multiprocessing
 import os
 import resource
@@ -53,6 +54,18 @@ def fastbody_relay(client: socket.socket, upstream: socket.socket) -> None:
     fastbody.transfer(client, upstream)
 
 
+def raw_splice_relay(client: socket.socket, upstream: socket.socket) -> None:
+    read_fd, write_fd = os.pipe()
+    fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, MIB)
+    try:
+        while filled := os.splice(upstream.fileno(), write_fd, MIB):
+            while filled:
+                filled -= os.splice(read_fd, client.fileno(), filled)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
 def copy_relay(client: socket.socket, upstream: socket.socket) -> None:
     buffer = memoryview(bytearray(64 * KIB))
     while got := upstream.recv_into(buffer):
@@ -75,12 +88,21 @@ SCENARIOS = (
     Scenario("b", "fastbody.transfer(sock, file)", None, send_file=fastbody_file, baseline="a"),
     Scenario("c", "relay: fastbody.transfer, 64 KiB feed", None, None, fastbody_relay, 64 * KIB, "d"),
     Scenario("d", "relay: recv_into/sendall 64 KiB, 64 KiB feed", "copy (raw)", None, copy_relay, 64 * KIB),
+    Scenario(
+        "g",
+        "relay: raw blocking splice, 1 MiB pipe, 64 KiB feed",
+        "splice (raw)",
+        None,
+        raw_splice_relay,
+        64 * KIB,
+    ),
     Scenario("e", "relay: fastbody.transfer, 1 KiB feed", None, None, fastbody_relay, KIB, "f"),
     Scenario("f", "relay: recv_into/sendall 64 KiB, 1 KiB feed", "copy (raw)", None, copy_relay, KIB),
 )
 EXPECTATIONS = (  # (scenario, baseline, highest CPU ratio expected, what it means)
     ("b", "a", 1.10, "fastbody file → socket within 10% of raw sendfile"),
     ("c", "d", 0.50, "splice relay at most half the CPU of copy, 64 KiB feed"),
+    ("c", "g", 1.10, "fastbody's splice relay within 10% of raw blocking splice calls"),
     ("e", "f", 1.00, "splice relay no worse than copy, 1 KiB feed"),
 )
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import enum
 import io
+import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Generator, Iterator
+from contextlib import AbstractContextManager as ContextManager
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -90,50 +93,104 @@ class Progress:
         counters.add(path, count)
 
 
-def pump(dst: Destination, body: Body, count: int | None, pool: PipePool) -> Pump:
-    """Send ``body`` to ``dst``: ``count`` bytes exactly, or until the source ends."""
-    progress = Progress(count)
+class Waits:
+    """How one transfer waits.
+
+    With the blocking driver, sockets stay blocking and the kernel does the waiting, bounded
+    by ``SO_SNDTIMEO``/``SO_RCVTIMEO``: a blocked relay then costs one call per chunk, as a
+    plain ``recv``/``send`` loop does, instead of EAGAIN, poll and the call again. There,
+    EAGAIN means the timeout passed. Every other fd is non-blocking and its waits are the
+    driver's (``Wait`` requests).
+    """
+
+    def __init__(self, timeout: float | None, in_kernel: bool) -> None:
+        self.timeout = timeout
+        self.in_kernel = in_kernel
+        self.kernel_fds: set[int] = set()
+
+    def prepare(self, fd: int, tls: ssl.SSLSocket | None, timeout_option: int | None) -> ContextManager[None]:
+        """Set ``fd`` up for the transfer; ``timeout_option`` is given for sockets only."""
+        if tls is not None:
+            return _tls_mode(tls, self.timeout if self.in_kernel else 0.0)
+        if self.in_kernel and timeout_option is not None:
+            self.kernel_fds.add(fd)
+            return syscalls.kernel_waits(fd, timeout_option, self.timeout)
+        return syscalls.nonblocking(fd)
+
+    def until(self, fd: int, event: Event) -> Step:
+        """Wait until ``fd`` is ready for ``event`` (the caller just got EAGAIN)."""
+        if fd in self.kernel_fds:
+            raise TimeoutError(f"no progress for {self.timeout} seconds")
+        yield Wait(fd, event)
+
+    def timed_out(self, fd: int, since: float) -> bool:
+        """Whether an EAGAIN on ``fd`` from a call made at ``since`` was the kernel's timeout."""
+        if fd not in self.kernel_fds or self.timeout is None:
+            return False
+        return time.monotonic() - since >= self.timeout
+
+    def ahead(self, fd: int) -> bool:
+        """Whether to wait before the next read of ``fd`` once a short read emptied it."""
+        return fd not in self.kernel_fds
+
+
+@dataclass
+class _Run:
+    dst: Destination
+    progress: Progress
+    waits: Waits
+
+
+def pump(
+    dst: Destination, body: Body, count: int | None, pool: PipePool, *, timeout: float | None, in_kernel: bool
+) -> Pump:
+    """Send ``body`` to ``dst``: ``count`` bytes exactly, or until the source ends.
+
+    ``in_kernel``: the blocking driver runs this pump, so sockets may wait in the kernel.
+    """
+    run = _Run(dst, Progress(count), Waits(timeout, in_kernel))
     with ExitStack() as cleanup:
         if isinstance(body, FileBody):
-            cleanup.callback(_settle_file, body, progress)
+            cleanup.callback(_settle_file, body, run.progress)
         try:
-            for fd, tls in ((dst.fd, dst.tls), _stream_fd(body)):
-                if fd is not None:
-                    cleanup.enter_context(_nonblocking(fd, tls))
-            yield from _move(dst, body, progress, pool)
+            cleanup.enter_context(run.waits.prepare(dst.fd, dst.tls, socket.SO_SNDTIMEO))
+            if isinstance(body, StreamBody):
+                option = socket.SO_RCVTIMEO if body.kind is StreamKind.SOCKET else None
+                cleanup.enter_context(run.waits.prepare(body.fd, body.tls, option))
+            yield from _move(run, body, pool)
         except OSError as error:
-            raise with_sent(error, progress.sent) from error
-    if count is not None and progress.sent < count:
-        raise IncompleteTransfer.short(progress.sent, count)
-    return progress.sent
+            raise with_sent(error, run.progress.sent) from error
+    if count is not None and run.progress.sent < count:
+        raise IncompleteTransfer.short(run.progress.sent, count)
+    return run.progress.sent
 
 
-def _move(dst: Destination, body: Body, progress: Progress, pool: PipePool) -> Step:
-    path = choose_path(body, progress.limit, tls=dst.tls is not None)
+def _move(run: _Run, body: Body, pool: PipePool) -> Step:
+    path = choose_path(body, run.progress.limit, tls=run.dst.tls is not None)
     if isinstance(body, FileBody):
-        if path is Path.SENDFILE and (yield from _sendfile(dst, body, progress)):
+        if path is Path.SENDFILE and (yield from _sendfile(run, body)):
             return
-        yield from _copy(dst, _FdReader(body.fd, body.offset), progress)
+        yield from _copy(run, _FdReader(body.fd, body.offset))
     elif isinstance(body, StreamBody):
         if body.buffered is not None:
-            yield from _send_buffered(dst, body.buffered, progress)
-        if path is Path.SPLICE_POOLED and (yield from _splice_through_pipe(dst, body.fd, progress, pool)):
+            yield from _send_buffered(run, body.buffered)
+        if path is Path.SPLICE_POOLED and (yield from _splice_through_pipe(run, body.fd, pool)):
             return
-        if path is Path.SPLICE_DIRECT and (yield from _splice_direct(dst, body.fd, progress)):
+        if path is Path.SPLICE_DIRECT and (yield from _splice_direct(run, body.fd)):
             return
         reader: _Reader = _TlsReader(body.tls) if body.tls is not None else _FdReader(body.fd, None)
-        yield from _copy(dst, reader, progress)
+        yield from _copy(run, reader)
     elif isinstance(body, ReaderBody):
-        yield from _copy(dst, _ObjectReader(body.reader), progress)
+        yield from _copy(run, _ObjectReader(body.reader))
     else:
-        yield from _copy_chunks(dst, body, progress)
+        yield from _copy_chunks(run, body)
 
 
 # -- kernel paths ---------------------------------------------------------------------------
 
 
-def _sendfile(dst: Destination, body: FileBody, progress: Progress) -> Attempt:
-    offset = body.offset
+def _sendfile(run: _Run, body: FileBody) -> Attempt:
+    progress, dst, offset = run.progress, run.dst, body.offset
     while not progress.done:
         try:
             sent = syscalls.sendfile(dst.fd, body.fd, offset, progress.want(SENDFILE_STEP))
@@ -142,7 +199,7 @@ def _sendfile(dst: Destination, body: FileBody, progress: Progress) -> Attempt:
                 return False
             raise
         if sent is None:
-            yield Wait(dst.fd, Event.WRITE)
+            yield from run.waits.until(dst.fd, Event.WRITE)
         elif sent == 0:  # end of file (or the file shrank under us)
             break
         else:
@@ -151,35 +208,37 @@ def _sendfile(dst: Destination, body: FileBody, progress: Progress) -> Attempt:
     return True
 
 
-def _splice_through_pipe(dst: Destination, src: int, progress: Progress, pool: PipePool) -> Attempt:
+def _splice_through_pipe(run: _Run, src: int, pool: PipePool) -> Attempt:
     pipe = pool.acquire()
     if pipe is None:  # pool exhausted or only small pipes to be had: copying is cheaper
         return False
-    empty = True
-    started = False
+    progress, dst, waits = run.progress, run.dst, run.waits
+    empty, started, source_emptied = True, False, False
     trickle = Trickle()
     try:
         while not progress.done:
             # Fill the empty pipe, then drain it completely: so EAGAIN on the fill means
             # "source not readable" and 0 means EOF, never "pipe full".
+            if source_emptied and waits.ahead(src):
+                yield Wait(src, Event.READ)  # as in _copy: skip the read that would get EAGAIN
+            asked = progress.want(pipe.size)
             try:
-                filled = syscalls.splice(src, pipe.write_fd, progress.want(pipe.size))
+                filled = syscalls.splice(src, pipe.write_fd, asked)
             except OSError as error:
                 if not started and error.errno in syscalls.CANNOT_START:
                     return False
                 raise
             if filled is None:
-                yield Wait(src, Event.READ)
+                yield from waits.until(src, Event.READ)
                 continue
             if filled == 0:
                 break
-            started = True
-            empty = False
+            started, empty, source_emptied = True, False, filled < asked
             pending = filled
             while pending:
                 drained = syscalls.splice(pipe.read_fd, dst.fd, pending)
                 if drained is None:
-                    yield Wait(dst.fd, Event.WRITE)
+                    yield from waits.until(dst.fd, Event.WRITE)
                     continue
                 pending -= drained
                 progress.add(counters.SPLICE, drained)
@@ -191,9 +250,11 @@ def _splice_through_pipe(dst: Destination, src: int, progress: Progress, pool: P
         pool.release(pipe, empty=empty)
 
 
-def _splice_direct(dst: Destination, src: int, progress: Progress) -> Attempt:
+def _splice_direct(run: _Run, src: int) -> Attempt:
+    progress, dst = run.progress, run.dst
     started = False
     while not progress.done:
+        called = time.monotonic()
         try:
             moved = syscalls.splice(src, dst.fd, progress.want(syscalls.MAX_STEP))
         except OSError as error:
@@ -201,8 +262,14 @@ def _splice_direct(dst: Destination, src: int, progress: Progress) -> Attempt:
                 return False
             raise
         if moved is None:
-            # EAGAIN from either side: a readable pipe means the socket is the one that is full.
-            yield Wait(dst.fd, Event.WRITE) if syscalls.readable_now(src) else Wait(src, Event.READ)
+            # EAGAIN from either side. A socket that waits in the kernel says so only after the
+            # timeout; otherwise a readable pipe means the socket is the one that is full.
+            if run.waits.timed_out(dst.fd, called):
+                yield from run.waits.until(dst.fd, Event.WRITE)
+            elif syscalls.readable_now(src):
+                yield Wait(dst.fd, Event.WRITE)
+            else:
+                yield Wait(src, Event.READ)
         elif moved == 0:
             break
         else:
@@ -215,6 +282,8 @@ def _splice_direct(dst: Destination, src: int, progress: Progress) -> Attempt:
 
 
 class _Reader:
+    waitable_fd: int | None = None  # an fd the driver can wait on for this reader
+
     def read_into(self, buffer: memoryview) -> int | Wait:
         raise NotImplementedError
 
@@ -225,6 +294,7 @@ class _FdReader(_Reader):
     def __init__(self, fd: int, offset: int | None) -> None:
         self.fd = fd
         self.offset = offset
+        self.waitable_fd = fd if offset is None else None  # regular files are always "ready"
 
     def read_into(self, buffer: memoryview) -> int | Wait:
         got = syscalls.read_into(self.fd, buffer, self.offset)
@@ -261,19 +331,28 @@ class _ObjectReader(_Reader):
         return int(got)
 
 
-def _copy(dst: Destination, reader: _Reader, progress: Progress) -> Step:
+def _copy(run: _Run, reader: _Reader) -> Step:
+    progress = run.progress
     buffer = memoryview(bytearray(max(progress.want(COPY_BUFFER), 1)))
+    source_emptied = False
     while not progress.done:
-        got = reader.read_into(buffer[: progress.want(len(buffer))])
+        if source_emptied and reader.waitable_fd is not None and run.waits.ahead(reader.waitable_fd):
+            # A short read emptied the source: wait now rather than read into an EAGAIN first
+            # (a trickling upstream otherwise costs a failed read per chunk).
+            yield Wait(reader.waitable_fd, Event.READ)
+        asked = progress.want(len(buffer))
+        got = reader.read_into(buffer[:asked])
         if isinstance(got, Wait):
-            yield got
+            yield from run.waits.until(got.fd, got.event)
             continue
         if got == 0:
             return
-        yield from _write_all(dst, buffer[:got], progress)
+        source_emptied = got < asked
+        yield from _write_all(run, buffer[:got])
 
 
-def _copy_chunks(dst: Destination, body: ChunksBody, progress: Progress) -> Step:
+def _copy_chunks(run: _Run, body: ChunksBody) -> Step:
+    progress = run.progress
     while not progress.done:
         if body.is_async:
             assert not isinstance(body.chunks, Iterator)
@@ -286,10 +365,10 @@ def _copy_chunks(dst: Destination, body: ChunksBody, progress: Progress) -> Step
         if not isinstance(chunk, (bytes, bytearray, memoryview)):
             raise TypeError(f"body chunks must be bytes-like, got {type(chunk).__name__!r}")
         data = memoryview(chunk).cast("B")
-        yield from _write_all(dst, data[: progress.want(len(data))], progress)
+        yield from _write_all(run, data[: progress.want(len(data))])
 
 
-def _send_buffered(dst: Destination, reader: io.BufferedReader, progress: Progress) -> Step:
+def _send_buffered(run: _Run, reader: io.BufferedReader) -> Step:
     """Send what ``reader`` already holds in its buffer (the fd is non-blocking by now)."""
     try:
         # peek() answers from the buffer, or does one non-blocking read when it is empty.
@@ -297,41 +376,32 @@ def _send_buffered(dst: Destination, reader: io.BufferedReader, progress: Progre
     except BlockingIOError:
         return
     if held:
-        yield from _write_all(dst, memoryview(reader.read(progress.want(held))), progress)
+        yield from _write_all(run, memoryview(reader.read(run.progress.want(held))))
 
 
-def _write_all(dst: Destination, data: memoryview, progress: Progress) -> Step:
+def _write_all(run: _Run, data: memoryview) -> Step:
     while data:
-        written = dst.write(data)
+        written = run.dst.write(data)
         if isinstance(written, Wait):
-            yield written
+            yield from run.waits.until(written.fd, written.event)
             continue
-        progress.add(counters.COPY, written)
+        run.progress.add(counters.COPY, written)
         data = data[written:]
 
 
 # -- set-up and tear-down -------------------------------------------------------------------
 
 
-def _stream_fd(body: Body) -> tuple[int | None, ssl.SSLSocket | None]:
-    if isinstance(body, StreamBody):
-        return body.fd, body.tls
-    return None, None
-
-
 @contextmanager
-def _nonblocking(fd: int, tls: ssl.SSLSocket | None) -> Iterator[None]:
-    if tls is None:
-        with syscalls.nonblocking(fd):
-            yield
-        return
-    # An SSL socket keeps its own timeout: 0 makes its calls non-blocking; put it back after.
-    timeout = tls.gettimeout()
-    tls.setblocking(False)
+def _tls_mode(tls: ssl.SSLSocket, timeout: float | None) -> Iterator[None]:
+    # An SSL socket keeps its own timeout: 0 makes its calls non-blocking, a number or None
+    # lets it wait itself (raising TimeoutError); put the caller's back after.
+    previous = tls.gettimeout()
+    tls.settimeout(timeout)
     try:
         yield
     finally:
-        tls.settimeout(timeout)
+        tls.settimeout(previous)
 
 
 def _settle_file(body: FileBody, progress: Progress) -> None:

@@ -11,7 +11,9 @@ import errno
 import fcntl
 import os
 import select
+import socket
 import stat
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
@@ -23,7 +25,12 @@ MAX_STEP = 0x7FFFF000
 # (file system without splice support, unusual socket family, ...): the next path is tried.
 CANNOT_START = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ESPIPE})
 
-_SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+# No SPLICE_F_NONBLOCK: whether a splice may block is left to the sockets' own O_NONBLOCK, which
+# the pump sets (the blocking driver keeps sockets blocking so that the kernel does the waiting).
+# The flag would make a Unix socket source non-blocking whatever its mode, and so would an
+# O_NONBLOCK pipe, so pooled pipes are blocking; they cannot block us, being filled only when
+# empty, by at most their size, and drained only of what they hold.
+_SPLICE_FLAGS = os.SPLICE_F_MOVE
 
 
 def sendfile(dst: int, src: int, offset: int, count: int) -> int | None:
@@ -90,13 +97,39 @@ def nonblocking(fd: int) -> Iterator[None]:
                 os.set_blocking(fd, True)
 
 
+@contextmanager
+def kernel_waits(fd: int, option: int, timeout: float | None) -> Iterator[None]:
+    """Make socket ``fd`` blocking, each wait bounded in the kernel by ``timeout`` seconds.
+
+    ``option`` is ``SO_SNDTIMEO`` (a destination) or ``SO_RCVTIMEO`` (a source). A call that
+    made no progress for that long then fails with EAGAIN. The socket's mode and option are
+    put back afterwards.
+    """
+    sock = socket.socket(fileno=fd)  # a handle for setsockopt, detached (not closed) at the end
+    try:
+        was_blocking = os.get_blocking(fd)
+        previous = sock.getsockopt(socket.SOL_SOCKET, option, 16)
+        seconds = 0.0 if timeout is None else max(timeout, 1e-6)  # 0 means "wait forever" here
+        sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", int(seconds), int(seconds % 1 * 1e6)))
+        if not was_blocking:
+            os.set_blocking(fd, True)
+        try:
+            yield
+        finally:
+            with suppress(OSError):  # the owner closed it meanwhile: nothing left to restore
+                sock.setsockopt(socket.SOL_SOCKET, option, previous)
+                os.set_blocking(fd, was_blocking)
+    finally:
+        sock.detach()
+
+
 def new_pipe(size: int) -> tuple[int, int, int]:
     """A close-on-exec pipe asked to hold ``size`` bytes: ``(read_fd, write_fd, real_size)``.
 
     The kernel may refuse the size (per-user pipe budget spent, ``pipe-max-size``) and leave
     the pipe small, so the size is read back rather than trusted.
     """
-    read_fd, write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     with suppress(OSError):  # EPERM past pipe-max-size or the user's budget: keep the size it has
         fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, size)
     real_size = fcntl.fcntl(write_fd, fcntl.F_GETPIPE_SZ)

@@ -32,7 +32,7 @@ def transfer(
     ``None`` starts at the position and leaves it after the last byte sent. ``timeout``: the
     seconds the transfer may make no progress before ``TransferTimeout``.
     """
-    return run_blocking(_pump(sock, source, offset, count, allow_async=False), timeout)
+    return run_blocking(_pump(sock, source, offset, count, timeout, blocking=True), timeout)
 
 
 async def atransfer(
@@ -50,7 +50,7 @@ async def atransfer(
     """
     if sock.gettimeout() != 0.0:  # asyncio's TransportSocket wrappers answer 0
         raise ValueError("atransfer() needs a non-blocking socket (sock.setblocking(False))")
-    return await run_async(_pump(sock, source, offset, count, allow_async=True), timeout)
+    return await run_async(_pump(sock, source, offset, count, timeout, blocking=False), timeout)
 
 
 def _pump(
@@ -58,15 +58,19 @@ def _pump(
     source: object,
     offset: int | None,
     count: int | None,
+    timeout: float | None,
     *,
-    allow_async: bool,
+    blocking: bool,
     pool: PipePool = default_pool,
 ) -> Pump:
     if count is not None and count < 0:
         raise ValueError(f"count must be None or >= 0, not {count}")
     if offset is not None and offset < 0:
         raise ValueError(f"offset must be None or >= 0, not {offset}")
-    return pump(_destination(sock), classify(source, offset, allow_async=allow_async), count, pool)
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be None or >= 0, not {timeout}")
+    body = classify(source, offset, allow_async=not blocking)
+    return pump(_destination(sock), body, count, pool, timeout=timeout, in_kernel=blocking)
 
 
 def _destination(sock: socket.socket) -> Destination:
