@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Generator, Iterator
 from contextlib import AbstractContextManager as ContextManager
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from . import counters, syscalls
@@ -30,6 +31,9 @@ COPY_BUFFER = 1 << 20
 """The copy path's buffer: with 1 MiB a userspace copy costs half what 64 KiB chunks do."""
 
 SENDFILE_STEP = 16 << 20
+
+RELAY_STEP = 16 << 20
+"""Bytes the copy loop moves before it hands back (so counts and ``stats`` stay current)."""
 """Bytes asked of one sendfile call; the socket buffer takes less per call anyway."""
 
 
@@ -282,8 +286,6 @@ def _splice_direct(run: _Run, src: int) -> Attempt:
 
 
 class _Reader:
-    waitable_fd: int | None = None  # an fd the driver can wait on for this reader
-
     def read_into(self, buffer: memoryview) -> int | Wait:
         raise NotImplementedError
 
@@ -294,7 +296,6 @@ class _FdReader(_Reader):
     def __init__(self, fd: int, offset: int | None) -> None:
         self.fd = fd
         self.offset = offset
-        self.waitable_fd = fd if offset is None else None  # regular files are always "ready"
 
     def read_into(self, buffer: memoryview) -> int | Wait:
         got = syscalls.read_into(self.fd, buffer, self.offset)
@@ -334,21 +335,40 @@ class _ObjectReader(_Reader):
 def _copy(run: _Run, reader: _Reader) -> Step:
     progress = run.progress
     buffer = memoryview(bytearray(max(progress.want(COPY_BUFFER), 1)))
-    source_emptied = False
+    if isinstance(reader, _FdReader) and reader.offset is None and run.dst.tls is None:
+        yield from _relay(run, reader.fd, buffer)
+        return
     while not progress.done:
-        if source_emptied and reader.waitable_fd is not None and run.waits.ahead(reader.waitable_fd):
-            # A short read emptied the source: wait now rather than read into an EAGAIN first
-            # (a trickling upstream otherwise costs a failed read per chunk).
-            yield Wait(reader.waitable_fd, Event.READ)
-        asked = progress.want(len(buffer))
-        got = reader.read_into(buffer[:asked])
+        got = reader.read_into(buffer[: progress.want(len(buffer))])
         if isinstance(got, Wait):
             yield from run.waits.until(got.fd, got.event)
             continue
         if got == 0:
             return
-        source_emptied = got < asked
         yield from _write_all(run, buffer[:got])
+
+
+def _relay(run: _Run, src: int, buffer: memoryview) -> Step:
+    """Copy a socket or pipe to the socket: the hot loop runs in ``syscalls.copy``.
+
+    A source that trickles in small pieces makes the loop's own cost count (one pass per
+    piece), so the loop stays in one function until it has to wait.
+    """
+    progress, dst, waits = run.progress, run.dst.fd, run.waits
+    stop_when_emptied = waits.ahead(src)
+    moved = partial(progress.add, counters.COPY)
+    while not progress.done:
+        stopped, unsent = syscalls.copy(src, dst, buffer, progress.want(RELAY_STEP), moved, stop_when_emptied)
+        if stopped is syscalls.Stop.EOF:
+            return
+        if stopped is syscalls.Stop.SOURCE:
+            yield from waits.until(src, Event.READ)
+        elif stopped is syscalls.Stop.EMPTIED:
+            # A short read emptied the source: wait now rather than read into an EAGAIN first.
+            yield Wait(src, Event.READ)
+        elif stopped is syscalls.Stop.DESTINATION:
+            yield from waits.until(dst, Event.WRITE)
+            yield from _write_all(run, unsent)
 
 
 def _copy_chunks(run: _Run, body: ChunksBody) -> Step:

@@ -7,6 +7,7 @@ it. Errors other than EAGAIN propagate as ``OSError``.
 
 from __future__ import annotations
 
+import enum
 import errno
 import fcntl
 import os
@@ -14,7 +15,7 @@ import select
 import socket
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 # Linux moves at most this much per sendfile/splice call; larger requests are clipped, and
@@ -65,6 +66,53 @@ def write(fd: int, data: memoryview) -> int | None:
         return os.write(fd, data)
     except BlockingIOError:
         return None
+
+
+class Stop(enum.Enum):
+    """Why ``copy`` handed back."""
+
+    DONE = "done"  # moved what was asked
+    EOF = "eof"  # the source ended
+    SOURCE = "source"  # reading would block (EAGAIN)
+    EMPTIED = "emptied"  # a short read emptied the source (asked to stop there)
+    DESTINATION = "destination"  # writing would block; ``unsent`` holds what is still to write
+
+
+def copy(
+    src: int,
+    dst: int,
+    buffer: memoryview,
+    most: int,
+    written: Callable[[int], object],
+    stop_when_emptied: bool,
+) -> tuple[Stop, memoryview]:
+    """Read ``src`` into ``buffer`` and write it to ``dst`` until ``most`` bytes are written or
+    a call would block; ``written(n)`` is told of every write as it happens.
+
+    Returns why it stopped and the bytes read but not yet written (empty unless
+    ``Stop.DESTINATION``).
+    """
+    size = len(buffer)
+    while most > 0:
+        asked = min(size, most)
+        try:
+            got = os.readv(src, [buffer[:asked]])
+        except BlockingIOError:
+            return Stop.SOURCE, buffer[:0]
+        if not got:
+            return Stop.EOF, buffer[:0]
+        view = buffer[:got]
+        while view:
+            try:
+                sent = os.write(dst, view)
+            except BlockingIOError:
+                return Stop.DESTINATION, view
+            written(sent)
+            most -= sent
+            view = view[sent:]
+        if stop_when_emptied and got < asked:
+            return Stop.EMPTIED, view
+    return Stop.DONE, buffer[:0]
 
 
 def readable_now(fd: int) -> bool:
