@@ -87,32 +87,37 @@ def copy(
     stop_when_emptied: bool,
 ) -> tuple[Stop, memoryview]:
     """Read ``src`` into ``buffer`` and write it to ``dst`` until ``most`` bytes are written or
-    a call would block; ``written(n)`` is told of every write as it happens.
+    a call would block; ``written(n)`` is told how many bytes went out when it returns or raises.
 
     Returns why it stopped and the bytes read but not yet written (empty unless
-    ``Stop.DESTINATION``).
+    ``Stop.DESTINATION``). This is the loop a trickling source spins in, one pass per piece:
+    it keeps to plain calls.
     """
+    whole = [buffer]
     size = len(buffer)
-    while most > 0:
-        asked = min(size, most)
-        try:
-            got = os.readv(src, [buffer[:asked]])
-        except BlockingIOError:
-            return Stop.SOURCE, buffer[:0]
-        if not got:
-            return Stop.EOF, buffer[:0]
-        view = buffer[:got]
-        while view:
+    total = 0
+    try:
+        while total < most:
+            asked = min(size, most - total)
             try:
-                sent = os.write(dst, view)
+                got = os.readv(src, whole if asked == size else [buffer[:asked]])
             except BlockingIOError:
-                return Stop.DESTINATION, view
-            written(sent)
-            most -= sent
-            view = view[sent:]
-        if stop_when_emptied and got < asked:
-            return Stop.EMPTIED, view
-    return Stop.DONE, buffer[:0]
+                return Stop.SOURCE, buffer[:0]
+            if not got:
+                return Stop.EOF, buffer[:0]
+            done = 0
+            while done < got:
+                try:
+                    sent = os.write(dst, buffer[done:got])
+                except BlockingIOError:
+                    return Stop.DESTINATION, buffer[done:got]
+                done += sent
+                total += sent
+            if stop_when_emptied and got < asked:
+                return Stop.EMPTIED, buffer[:0]
+        return Stop.DONE, buffer[:0]
+    finally:
+        written(total)
 
 
 def readable_now(fd: int) -> bool:
