@@ -424,3 +424,45 @@ def test_small_body_threshold_is_at_least_4k() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-x", "-q"]))
+
+
+@pytest.mark.parametrize("kind", ["socket", "pipe"])
+def test_stalled_source_times_out(run: Runner, kind: str) -> None:
+    """An upstream that stops sending without closing is cut off after ``timeout`` too."""
+    head = os.urandom(MiB)
+    if kind == "socket":
+        source, writer = tcp_pair()
+        writer.sendall(head)
+    else:
+        read_fd, write_fd = os.pipe()
+        source = open(read_fd, "rb", buffering=0)
+        threading.Thread(target=lambda: os.write(write_fd, head)).start()
+    server, client = tcp_pair()
+    receiver = Receiver(client)
+    started = time.monotonic()
+    with pytest.raises(fastbody.TransferTimeout) as raised:
+        run(server, source, timeout=0.5)
+    assert 0.5 <= time.monotonic() - started < 10
+    assert raised.value.sent == MiB
+    server.close()
+    assert receiver.result() == (MiB, sha256(head))
+    client.close()
+    source.close()
+    if kind == "socket":
+        writer.close()
+    else:
+        os.close(write_fd)
+
+
+def test_socket_options_are_restored(blob_32m: bytes) -> None:
+    server, client = tcp_pair()
+    source = feed_socket(blob_32m)
+    options = [(server, socket.SO_SNDTIMEO), (source, socket.SO_RCVTIMEO)]
+    before = [sock.getsockopt(socket.SOL_SOCKET, option, 16) for sock, option in options]
+    receiver = Receiver(client)
+    assert fastbody.transfer(server, source, timeout=3.5) == len(blob_32m)
+    assert [sock.getsockopt(socket.SOL_SOCKET, option, 16) for sock, option in options] == before
+    server.close()
+    receiver.result()
+    client.close()
+    close_fed(source)
