@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 from conftest import Receiver, Runner, StatsDelta, close_fed, feed_socket, sha256, tcp_pair
@@ -287,33 +288,42 @@ def open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
+@contextmanager
+def big_source(kind: str, data: bytes, path: str) -> Iterator[object]:
+    """A source of ``data`` for each path; on exit it is closed and its writer gone."""
+    process = cat(path) if kind == "pipe" else None
+    source = {
+        "file": lambda: path,
+        "socket": lambda: feed_socket(data),
+        "pipe": lambda: process.stdout,  # type: ignore[union-attr]
+        "copy": lambda: io.BytesIO(data),
+    }[kind]()
+    try:
+        yield source
+    finally:
+        if process is not None:
+            process.kill()
+            process.wait(10)
+            process.stdout.close()  # type: ignore[union-attr]
+        if isinstance(source, socket.socket):
+            close_fed(source)
+
+
 @pytest.mark.parametrize("kind", ["file", "socket", "pipe", "copy"])
 def test_peer_closing_mid_transfer_raises_and_leaks_nothing(
     run: Runner, blob_32m: bytes, make_file: Callable[[bytes], str], kind: str
 ) -> None:
     path = make_file(blob_32m)
     before = open_fds()
-    process = cat(path) if kind == "pipe" else None
-    source = {
-        "file": lambda: path,
-        "socket": lambda: feed_socket(blob_32m),
-        "pipe": lambda: process.stdout,
-        "copy": lambda: io.BytesIO(blob_32m),
-    }[kind]()
-    server, client = tcp_pair()
-    receiver = Receiver(client, close_after=MiB)
-    with pytest.raises(fastbody.PeerClosedError) as raised:
-        run(server, source)
-    assert MiB <= raised.value.sent < len(blob_32m)
-    assert isinstance(raised.value, fastbody.TransferError) and isinstance(raised.value, ConnectionError)
-    receiver.result()
-    server.close()
-    if process is not None:
-        process.kill()
-        process.wait(10)
-        process.stdout.close()  # type: ignore[union-attr]
-    if isinstance(source, socket.socket):
-        close_fed(source)
+    with big_source(kind, blob_32m, path) as source:
+        server, client = tcp_pair()
+        receiver = Receiver(client, close_after=MiB)
+        with pytest.raises(fastbody.PeerClosedError) as raised:
+            run(server, source)
+        assert MiB <= raised.value.sent < len(blob_32m)
+        assert isinstance(raised.value, fastbody.TransferError) and isinstance(raised.value, ConnectionError)
+        receiver.result()
+        server.close()
     assert open_fds() == before
 
 
@@ -323,29 +333,17 @@ def test_reader_that_stops_reading_times_out(
 ) -> None:
     path = make_file(blob_32m)
     before = open_fds()
-    process = cat(path) if kind == "pipe" else None
-    source = {
-        "file": lambda: path,
-        "socket": lambda: feed_socket(blob_32m),
-        "pipe": lambda: process.stdout,
-        "copy": lambda: io.BytesIO(blob_32m),
-    }[kind]()
-    server, client = tcp_pair()
-    receiver = Receiver(client, stop_after=MiB)
-    started = time.monotonic()
-    with pytest.raises(fastbody.TransferTimeout) as raised:
-        run(server, source, timeout=0.5)
-    assert 0.5 <= time.monotonic() - started < 10
-    assert raised.value.sent >= MiB and isinstance(raised.value, TimeoutError)
-    server.close()
-    client.close()
-    receiver.thread.join(10)
-    if process is not None:
-        process.kill()
-        process.wait(10)
-        process.stdout.close()  # type: ignore[union-attr]
-    if isinstance(source, socket.socket):
-        close_fed(source)
+    with big_source(kind, blob_32m, path) as source:
+        server, client = tcp_pair()
+        receiver = Receiver(client, stop_after=MiB)
+        started = time.monotonic()
+        with pytest.raises(fastbody.TransferTimeout) as raised:
+            run(server, source, timeout=0.5)
+        assert 0.5 <= time.monotonic() - started < 10
+        assert raised.value.sent >= MiB and isinstance(raised.value, TimeoutError)
+        server.close()
+        client.close()
+        receiver.thread.join(10)
     assert open_fds() == before
 
 
