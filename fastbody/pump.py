@@ -1,10 +1,11 @@
 """The one transfer loop.
 
-The pump is a generator: it makes non-blocking system calls until it has to wait, then
-yields what it waits for (``Wait``: an fd and a direction, or ``Pull``: the next chunk of an
-async iterable) and goes on when the driver sends it back. ``drivers.py`` has the blocking
-driver (``poll``) and the asyncio one (``add_reader``/``add_writer``). The shape is Go's
-``internal/poll``: callers never see EAGAIN, only a count or an error carrying ``sent``.
+The pump is a generator: it makes system calls until one answers EAGAIN, then yields what it
+waits for (``Wait``: an fd and a direction, or ``Pull``: the next chunk of an async iterable)
+and goes on when the driver sends it back. ``drivers.py`` has the blocking driver (``poll``)
+and the asyncio one (``add_reader``/``add_writer``); under the blocking driver sockets wait in
+the kernel instead (see ``Waits``). The shape is Go's ``internal/poll``: callers never see
+EAGAIN, only a count or an error carrying ``sent``.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ COPY_BUFFER = 1 << 20
 """The copy path's buffer: with 1 MiB a userspace copy costs half what 64 KiB chunks do."""
 
 SENDFILE_STEP = 16 << 20
+"""Bytes asked of one sendfile call; the socket buffer takes less per call anyway."""
 
 RELAY_STEP = 16 << 20
 """Bytes the copy loop moves before it hands back (so counts and ``stats`` stay current)."""
-"""Bytes asked of one sendfile call; the socket buffer takes less per call anyway."""
 
 
 class Event(enum.Enum):
