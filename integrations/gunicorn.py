@@ -138,6 +138,7 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
     so this subclass adds no ``__init__`` state: everything it keeps has a class default.
     """
 
+    response_length: int | None
     heartbeat: AbstractContextManager[object] | None = None  # the sync worker's, during a transfer
     _pending_crlf = False  # a chunk's data went out and its CRLF has not
 
@@ -235,7 +236,7 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
             prefix = self._send_chunk(prefix, buffered, len(buffered))
         if fd != _NO_FD and not isinstance(source, ssl.SSLSocket):
             # The kernel says how many bytes wait (FIONREAD): that is the next chunk.
-            while size := _wait_readable(fd, self._timeout()):
+            while size := _wait_readable(fd, self._timeout(), self.sent):
                 prefix = self._send_chunk(prefix, source, size)
         else:
             buffer = bytearray(COPY_CHUNK)
@@ -360,12 +361,13 @@ def _drain_buffer(source: Any, fd: int) -> bytes:
     return data or b""
 
 
-def _wait_readable(fd: int, timeout: float | None) -> int:
-    """Wait until ``fd`` has bytes to read; how many (at most ``CHUNK_LIMIT``), 0 at its end."""
+def _wait_readable(fd: int, timeout: float | None, sent: int) -> int:
+    """Wait until ``fd`` has bytes to read; how many (at most ``CHUNK_LIMIT``), 0 at its end.
+    ``sent``: the body's bytes already sent, for the error when the source makes no progress."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     if not poller.poll(None if timeout is None else timeout * 1000):
-        raise fastbody.TransferTimeout.make(None, f"source made no progress for {timeout} seconds", 0)
+        raise fastbody.TransferTimeout.make(None, f"source made no progress for {timeout} seconds", sent)
     size = bytearray(4)
     fcntl.ioctl(fd, termios.FIONREAD, size)
     return min(int.from_bytes(size, "little"), CHUNK_LIMIT)
@@ -403,7 +405,7 @@ def _upgrade(app: WSGIApp, heartbeat: AbstractContextManager[object] | None) -> 
     """``app``, with gunicorn's HTTP/1 responses turned into ``FastResponse`` before it runs."""
 
     def fastbody_app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        response = getattr(start_response, "__self__", None)
+        response: Any = getattr(start_response, "__self__", None)
         if type(response) is gunicorn_wsgi.Response:  # not HTTP/2's own response class
             response.__class__ = FastResponse
             response.heartbeat = heartbeat
@@ -444,6 +446,8 @@ class Heartbeat:
 class FastSync(SyncWorker):  # type: ignore[misc]
     """gunicorn's sync worker with fastbody bodies (``-k egg:fastbody#sync``)."""
 
+    wsgi: WSGIApp
+
     def load_wsgi(self) -> None:
         super().load_wsgi()
         interval = max(min(self.timeout / 4, 1.0), 0.05) if self.timeout else 1.0
@@ -454,6 +458,8 @@ class FastThread(ThreadWorker):  # type: ignore[misc]
     """gunicorn's gthread worker with fastbody bodies (``-k egg:fastbody#gthread``).
 
     Its main thread notifies the arbiter whatever the request threads are doing."""
+
+    wsgi: WSGIApp
 
     def load_wsgi(self) -> None:
         super().load_wsgi()

@@ -212,9 +212,9 @@ def test_file_from_its_position(server: Server, blob: tuple[str, str]) -> None:
     path, _ = blob
     skip = 64 * MIB - 100_000
     got = fetch(f"{server.url}/file?path={path}&skip={skip}")
-    with open(path, "rb") as data:
-        data.seek(skip)
-        assert got.sha256 == hashlib.sha256(data.read()).hexdigest()
+    with open(path, "rb") as whole:
+        whole.seek(skip)
+        assert got.sha256 == hashlib.sha256(whole.read()).hexdigest()
     assert got.headers["content-length"] == "100000"
 
 
@@ -532,8 +532,8 @@ def test_slow_client_is_not_killed(tmp: Path, blob: tuple[str, str]) -> None:
     path, _ = blob
     size = 24 * MIB
     part = tmp / "part-24m.bin"
-    with open(path, "rb") as data:
-        part.write_bytes(data.read(size))
+    with open(path, "rb") as whole:
+        part.write_bytes(whole.read(size))
     running = start(tmp, "sync", "--timeout", "2")
     try:
         pid = running.info()["pid"]
@@ -575,6 +575,12 @@ def test_client_that_stops_reading_is_cut_off(tmp: Path, blob: tuple[str, str], 
             client.sendall(f"GET /file?path={path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             wait_until(lambda: "no progress for 2.0 s" in running.errors(), 15, "client cut off")
             assert running.info()["pid"] == pid, running.errors()  # the worker moved on, not killed
+        # A socket body whose upstream stops sending (length unknown, chunked): cut off as well.
+        with pytest.raises(httpx.RemoteProtocolError):
+            fetch(f"{running.url}/socket?path={path}&stall=30")
+        cut = f"cut off after {64 * MIB} bytes of GET /socket"
+        wait_until(lambda: cut in running.errors(), 10, "stalled source cut off")
+        assert running.info()["pid"] == pid, running.errors()
     finally:
         stop(running)
 
@@ -592,8 +598,8 @@ def test_one_gib_file(tmp: Path, worker: str) -> None:
             for _ in range(64):
                 out.write(block)
     digest = hashlib.sha256()
-    with open(big, "rb") as data:
-        while chunk := data.read(16 * MIB):
+    with open(big, "rb") as source:
+        while chunk := source.read(16 * MIB):
             digest.update(chunk)
     running = start(tmp, worker)
     try:

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs
@@ -55,8 +56,9 @@ def file(environ: Environ, start_response: StartResponse, query: Query) -> Itera
     return environ["wsgi.file_wrapper"](body, 1 << 16)  # type: ignore[no-any-return]
 
 
-def _feed(path: str) -> socket.socket:
-    """A TCP socket whose peer (on a thread) sends the file at ``path``, then closes."""
+def _feed(path: str, stall: float = 0) -> socket.socket:
+    """A TCP socket whose peer (on a thread) sends the file at ``path``, waits ``stall`` seconds
+    (an upstream that stops sending), then closes."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
         writer = socket.create_connection(listener.getsockname())
         reader, _ = listener.accept()
@@ -65,6 +67,7 @@ def _feed(path: str) -> socket.socket:
         # OSError: the response was cut off and the reading side closed.
         with writer, open(path, "rb") as data, contextlib.suppress(OSError):
             writer.sendfile(data)
+            time.sleep(stall)
 
     threading.Thread(target=send, daemon=True).start()
     return reader
@@ -74,7 +77,7 @@ def socket_body(
     environ: dict[str, Any], start_response: StartResponse, query: dict[str, str]
 ) -> Iterable[bytes]:
     """The file at ``path`` through a TCP socket; ``length=1``: passed to the file wrapper."""
-    source = _feed(query["path"])
+    source = _feed(query["path"], float(query.get("stall", 0)))
     length = os.path.getsize(query["path"]) if query.get("length") else None
     start_response("200 OK", [("Content-Type", "application/octet-stream")])
     return environ["wsgi.file_wrapper"](source, length=length)  # type: ignore[no-any-return]
