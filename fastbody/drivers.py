@@ -11,7 +11,7 @@ import os
 import select
 from collections.abc import Callable
 
-from .pump import Event, Pull, Pump, Request, Wait
+from .pump import Checkpoint, Event, Pull, Pump, Request, Wait
 
 _POLL_EVENTS = {Event.READ: select.POLLIN, Event.WRITE: select.POLLOUT}
 
@@ -23,7 +23,7 @@ def run_blocking(pump: Pump, timeout: float | None) -> int:
         while True:
             if isinstance(request, Pull):
                 request = pump.throw(TypeError("an async iterable needs atransfer()"))
-            elif _poll(request, timeout):
+            elif isinstance(request, Checkpoint) or _poll(request, timeout):
                 request = pump.send(None)
             else:
                 request = pump.throw(_no_progress(request, timeout))
@@ -49,7 +49,16 @@ async def run_async(pump: Pump, timeout: float | None) -> int:
         request: Request = next(pump)
         while True:
             if isinstance(request, Pull):
-                request = pump.send(await _pull(request))
+                try:
+                    chunk = await _pull(request)
+                except Exception as error:  # the pump cleans up and adds the count sent
+                    request = pump.throw(error)
+                else:
+                    request = pump.send(chunk)
+                continue
+            if isinstance(request, Checkpoint):
+                await asyncio.sleep(0)
+                request = pump.send(None)
                 continue
             dup = dups.get(request.fd)
             if dup is None:

@@ -58,7 +58,16 @@ class Pull:
     chunks: AsyncIterator[Any]
 
 
-Request = Wait | Pull
+class Checkpoint(enum.Enum):
+    """The pump has moved ``CHECKPOINT_EVERY`` bytes without waiting: the asyncio driver lets
+    other tasks run before it goes on (a fast reader never makes the pump wait)."""
+
+    DUE = "due"
+
+
+CHECKPOINT_EVERY = 16 << 20
+
+Request = Wait | Pull | Checkpoint
 Pump = Generator[Request, Any, int]
 Step = Generator[Request, Any, None]
 Attempt = Generator[Request, Any, bool]  # False: the copy path is to move the rest
@@ -144,6 +153,14 @@ class _Run:
     dst: Destination
     progress: Progress
     waits: Waits
+    next_checkpoint: int = CHECKPOINT_EVERY
+
+    def checkpoint(self) -> Step:
+        """Let the asyncio loop breathe every ``CHECKPOINT_EVERY`` bytes (the blocking driver
+        has nothing else to run)."""
+        if self.progress.sent >= self.next_checkpoint and not self.waits.in_kernel:
+            self.next_checkpoint = self.progress.sent + CHECKPOINT_EVERY
+            yield Checkpoint.DUE
 
 
 def pump(
@@ -158,6 +175,12 @@ def pump(
         if isinstance(body, FileBody):
             cleanup.callback(_settle_file, body, run.progress)
         try:
+            if not in_kernel:
+                # Under asyncio the caller's fds may be closed while we wait (a transport that is
+                # aborted) and their numbers reused by new connections: work on our own dups.
+                dst.fd = _own_dup(cleanup, dst.fd) if dst.tls is None else dst.fd
+                if isinstance(body, StreamBody) and body.tls is None:
+                    body.fd = _own_dup(cleanup, body.fd)
             cleanup.enter_context(run.waits.prepare(dst.fd, dst.tls, socket.SO_SNDTIMEO))
             if isinstance(body, StreamBody):
                 option = socket.SO_RCVTIMEO if body.kind is StreamKind.SOCKET else None
@@ -165,9 +188,18 @@ def pump(
             yield from _move(run, body, pool)
         except OSError as error:
             raise with_sent(error, run.progress.sent) from error
+        except Exception as error:  # a bad chunk, a failing iterator: the count still matters
+            error.sent = run.progress.sent  # type: ignore[attr-defined]
+            raise
     if count is not None and run.progress.sent < count:
         raise IncompleteTransfer.short(run.progress.sent, count)
     return run.progress.sent
+
+
+def _own_dup(cleanup: ExitStack, fd: int) -> int:
+    dup = syscalls.dup(fd)
+    cleanup.callback(syscalls.close, dup)
+    return dup
 
 
 def _move(run: _Run, body: Body, pool: PipePool) -> Step:
@@ -178,7 +210,7 @@ def _move(run: _Run, body: Body, pool: PipePool) -> Step:
         yield from _copy(run, _FdReader(body.fd, body.offset))
     elif isinstance(body, StreamBody):
         if body.buffered is not None:
-            yield from _send_buffered(run, body.buffered)
+            yield from _send_buffered(run, body.fd, body.buffered)
         if path is Path.SPLICE_POOLED and (yield from _splice_through_pipe(run, body.fd, pool)):
             return
         if path is Path.SPLICE_DIRECT and (yield from _splice_direct(run, body.fd)):
@@ -210,6 +242,7 @@ def _sendfile(run: _Run, body: FileBody) -> Attempt:
         else:
             offset += sent
             progress.add(counters.SENDFILE, sent)
+            yield from run.checkpoint()
     return True
 
 
@@ -218,7 +251,7 @@ def _splice_through_pipe(run: _Run, src: int, pool: PipePool) -> Attempt:
     if pipe is None:  # pool exhausted or only small pipes to be had: copying is cheaper
         return False
     progress, dst, waits = run.progress, run.dst, run.waits
-    empty, started, source_emptied = True, False, False
+    empty, started, source_emptied = True, False, False  # empty: nothing of ours left in the pipe
     trickle = Trickle()
     try:
         while not progress.done:
@@ -227,21 +260,24 @@ def _splice_through_pipe(run: _Run, src: int, pool: PipePool) -> Attempt:
             if source_emptied and waits.ahead(src):
                 yield Wait(src, Event.READ)  # as in _copy: skip the read that would get EAGAIN
             asked = progress.want(pipe.size)
+            empty = False  # until the fill is known to have moved nothing, or is drained
             try:
                 filled = syscalls.splice(src, pipe.write_fd, asked)
             except OSError as error:
                 if not started and error.errno in syscalls.CANNOT_START:
+                    empty = True
                     return False
                 raise
-            if filled is None:
+            if not filled:
+                empty = True
+                if filled == 0:
+                    break
                 yield from waits.until(src, Event.READ)
                 continue
-            if filled == 0:
-                break
-            started, empty, source_emptied = True, False, filled < asked
+            started, source_emptied = True, filled < asked
             pending = filled
             while pending:
-                drained = syscalls.splice(pipe.read_fd, dst.fd, pending)
+                drained = syscalls.splice(pipe.read_fd, dst.fd, pending, from_pipe=True)
                 if drained is None:
                     yield from waits.until(dst.fd, Event.WRITE)
                     continue
@@ -250,6 +286,7 @@ def _splice_through_pipe(run: _Run, src: int, pool: PipePool) -> Attempt:
             empty = True
             if trickle.seen(filled):  # the pipe is empty again: the copy path takes over from here
                 return False
+            yield from run.checkpoint()
         return True
     finally:
         pool.release(pipe, empty=empty)
@@ -261,7 +298,7 @@ def _splice_direct(run: _Run, src: int) -> Attempt:
     while not progress.done:
         called = time.monotonic()
         try:
-            moved = syscalls.splice(src, dst.fd, progress.want(syscalls.MAX_STEP))
+            moved = syscalls.splice(src, dst.fd, progress.want(syscalls.MAX_STEP), from_pipe=True)
         except OSError as error:
             if not started and error.errno in syscalls.CANNOT_START:
                 return False
@@ -280,6 +317,7 @@ def _splice_direct(run: _Run, src: int) -> Attempt:
         else:
             started = True
             progress.add(counters.SPLICE, moved)
+            yield from run.checkpoint()
     return True
 
 
@@ -347,6 +385,7 @@ def _copy(run: _Run, reader: _Reader) -> Step:
         if got == 0:
             return
         yield from _write_all(run, buffer[:got])
+        yield from run.checkpoint()
 
 
 def _relay(run: _Run, src: int, buffer: memoryview) -> Step:
@@ -370,6 +409,8 @@ def _relay(run: _Run, src: int, buffer: memoryview) -> Step:
         elif stopped is syscalls.Stop.DESTINATION:
             yield from waits.until(dst, Event.WRITE)
             yield from _write_all(run, unsent)
+        else:
+            yield from run.checkpoint()
 
 
 def _copy_chunks(run: _Run, body: ChunksBody) -> Step:
@@ -389,15 +430,18 @@ def _copy_chunks(run: _Run, body: ChunksBody) -> Step:
         yield from _write_all(run, data[: progress.want(len(data))])
 
 
-def _send_buffered(run: _Run, reader: io.BufferedReader) -> Step:
-    """Send what ``reader`` already holds in its buffer (the fd is non-blocking by now)."""
-    try:
-        # peek() answers from the buffer, or does one non-blocking read when it is empty.
-        held = len(reader.peek(1))
-    except BlockingIOError:
+def _send_buffered(run: _Run, fd: int, reader: io.BufferedReader) -> Step:
+    """Send what ``reader`` already holds in its buffer before the kernel moves the rest."""
+    if run.progress.done:
         return
-    if held:
-        yield from _write_all(run, memoryview(reader.read(run.progress.want(held))))
+    with syscalls.nonblocking(fd):  # peek() reads once when its buffer is empty: never wait there
+        try:
+            held = len(reader.peek(1))
+        except BlockingIOError:
+            return
+        data = memoryview(reader.read(run.progress.want(held))) if held else None
+    if data is not None:
+        yield from _write_all(run, data)
 
 
 def _write_all(run: _Run, data: memoryview) -> Step:
@@ -427,7 +471,10 @@ def _tls_mode(tls: ssl.SSLSocket, timeout: float | None) -> Iterator[None]:
 
 def _settle_file(body: FileBody, progress: Progress) -> None:
     if body.file is not None:  # leave the position just after the last byte sent, as a read would
-        body.file.seek(body.offset + progress.sent)
+        if hasattr(body.file, "seek"):
+            body.file.seek(body.offset + progress.sent)
+        else:
+            syscalls.seek(body.fd, body.offset + progress.sent)
     if body.owned is not None:
         body.owned.close()
 
@@ -444,4 +491,4 @@ def _tls_call(sock: ssl.SSLSocket, call: Any, data: memoryview, blocked: Event) 
         return Wait(sock.fileno(), blocked)
 
 
-__all__ = ["Destination", "Event", "Pull", "Pump", "Request", "StreamKind", "Wait", "pump"]
+__all__ = ["Checkpoint", "Destination", "Event", "Pull", "Pump", "Request", "StreamKind", "Wait", "pump"]

@@ -26,12 +26,13 @@ MAX_STEP = 0x7FFFF000
 # (file system without splice support, unusual socket family, ...): the next path is tried.
 CANNOT_START = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ESPIPE})
 
-# No SPLICE_F_NONBLOCK: whether a splice may block is left to the sockets' own O_NONBLOCK, which
-# the pump sets (the blocking driver keeps sockets blocking so that the kernel does the waiting).
-# The flag would make a Unix socket source non-blocking whatever its mode, and so would an
-# O_NONBLOCK pipe, so pooled pipes are blocking; they cannot block us, being filled only when
-# empty, by at most their size, and drained only of what they hold.
+# No SPLICE_F_NONBLOCK into a pipe: whether a splice may block is left to the sockets' own
+# O_NONBLOCK, which the pump sets (the blocking driver keeps sockets blocking so that the kernel
+# does the waiting). The flag would make a Unix socket source non-blocking whatever its mode, and
+# so would an O_NONBLOCK pipe, so pooled pipes are blocking; they cannot block us, being filled
+# only when empty, by at most their size, and drained only of what they hold.
 _SPLICE_FLAGS = os.SPLICE_F_MOVE
+_FROM_PIPE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 
 
 def sendfile(dst: int, src: int, offset: int, count: int) -> int | None:
@@ -42,10 +43,17 @@ def sendfile(dst: int, src: int, offset: int, count: int) -> int | None:
         return None
 
 
-def splice(src: int, dst: int, count: int) -> int | None:
-    """Move up to ``count`` bytes from ``src`` to ``dst`` (one is a pipe); ``None`` on EAGAIN."""
+def splice(src: int, dst: int, count: int, *, from_pipe: bool = False) -> int | None:
+    """Move up to ``count`` bytes from ``src`` to ``dst`` (one is a pipe); ``None`` on EAGAIN.
+
+    ``from_pipe``: ``src`` is the pipe and ``dst`` a socket. Then SPLICE_F_NONBLOCK is safe (it
+    touches only the pipe side; the socket keeps its own mode) and needed: kernels before 5.1
+    do not take it from the pipe's O_NONBLOCK, and an empty pipe would block the call.
+    """
     try:
-        return os.splice(src, dst, min(count, MAX_STEP), flags=_SPLICE_FLAGS)
+        return os.splice(
+            src, dst, min(count, MAX_STEP), flags=_FROM_PIPE_FLAGS if from_pipe else _SPLICE_FLAGS
+        )
     except BlockingIOError:
         return None
 
@@ -158,14 +166,13 @@ def kernel_waits(fd: int, option: int, timeout: float | None) -> Iterator[None]:
     made no progress for that long then fails with EAGAIN. The socket's mode and option are
     put back afterwards.
     """
+    was_blocking = os.get_blocking(fd)  # before the handle: with a default timeout set, it changes it
     sock = socket.socket(fileno=fd)  # a handle for setsockopt, detached (not closed) at the end
     try:
-        was_blocking = os.get_blocking(fd)
         previous = sock.getsockopt(socket.SOL_SOCKET, option, 16)
         seconds = 0.0 if timeout is None else max(timeout, 1e-6)  # 0 means "wait forever" here
         sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", int(seconds), int(seconds % 1 * 1e6)))
-        if not was_blocking:
-            os.set_blocking(fd, True)
+        os.set_blocking(fd, True)
         try:
             yield
         finally:
@@ -187,6 +194,14 @@ def new_pipe(size: int) -> tuple[int, int, int]:
         fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, size)
     real_size = fcntl.fcntl(write_fd, fcntl.F_GETPIPE_SZ)
     return read_fd, write_fd, real_size
+
+
+def dup(fd: int) -> int:
+    return os.dup(fd)
+
+
+def seek(fd: int, position: int) -> None:
+    os.lseek(fd, position, os.SEEK_SET)
 
 
 def close(fd: int) -> None:
