@@ -4,6 +4,7 @@ cleans up when cancelled; and TLS sockets take the copy path."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import shutil
@@ -202,3 +203,72 @@ def test_tls_source_copies(certificate: tuple[str, str], blob_32m: bytes) -> Non
     source.close()
     writer.close()
     client.close()
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_closed_and_reused_fd_number_gets_no_bytes(loop_kind: str, blob_32m: bytes, tmp_path: Path) -> None:
+    """A transport closed mid-transfer frees its fd number for the next connection: the
+    transfer goes on with its own dup of the old connection, never into the new one."""
+    path = tmp_path / "body"
+    path.write_bytes(blob_32m)
+    server, client = tcp_pair()
+    server.setblocking(False)
+    receiver = Receiver(client, stop_after=MiB)
+    stray = {"bytes": 0}
+
+    async def main() -> int:
+        task = asyncio.ensure_future(fastbody.atransfer(server, str(path)))
+        await asyncio.sleep(0.2)  # the transfer now waits: the client stopped reading
+        receiver.thread.join(10)
+        number = server.fileno()
+        server.close()  # as transport.abort() would
+        other, other_peer = socket.socketpair()
+        try:
+            assert other.fileno() == number  # the next connection got the same number
+            other_peer.setblocking(False)
+            drain = Receiver(client)  # the old client reads on: the transfer can finish
+            sent = await asyncio.wait_for(task, 30)
+            await asyncio.sleep(0.1)
+            with contextlib.suppress(BlockingIOError):
+                stray["bytes"] = len(other_peer.recv(1 << 20))
+            drain.thread.join(10)
+            return sent
+        finally:
+            other.close()
+            other_peer.close()
+
+    sent = run_async(main(), loop_kind)
+    assert sent == len(blob_32m)
+    assert stray["bytes"] == 0
+    client.close()
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_loop_breathes_while_a_fast_reader_takes_a_big_file(loop_kind: str, tmp_path: Path) -> None:
+    """sendfile to a fast reader never gets EAGAIN; the pump still lets other tasks run."""
+    path = tmp_path / "body"
+    path.write_bytes(os.urandom(MiB) * 256)
+    server, client = tcp_pair()
+    server.setblocking(False)
+    receiver = Receiver(client)
+    ticks: list[float] = []
+
+    async def main() -> int:
+        async def tick() -> None:
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0)
+
+        ticker = asyncio.ensure_future(tick())
+        try:
+            return await fastbody.atransfer(server, str(path))
+        finally:
+            ticker.cancel()
+
+    assert run_async(main(), loop_kind) == 256 * MiB
+    server.close()
+    receiver.result()
+    client.close()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(ticks)]
+    assert len(ticks) >= 256 * MiB // (16 * MiB) - 1, "the ticker never got to run meanwhile"
+    assert max(gaps) < 0.25, f"the loop was blocked for {max(gaps):.3f} s"
