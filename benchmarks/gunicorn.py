@@ -1,0 +1,322 @@
+"""fastbody's gunicorn workers against stock gunicorn: worker CPU per GiB, throughput, requests/s.
+
+    .venv/bin/python benchmarks/gunicorn.py [--quick] [--repeat 5]
+
+Four servers side by side on 127.0.0.1, each ``python -m gunicorn --no-control-socket -w 1``
+serving benchmarks/apps/gunicorn_bench_app.py: stock ``-k sync`` and ``-k gthread --threads 8``,
+fastbody ``-k egg:fastbody#sync`` and ``-k egg:fastbody#gthread --threads 8``. This process is
+the client (``recv_into``, 1 MiB buffer, byte count checked); the CPU is the worker process's
+user+sys (``/proc/WORKER/stat``, all threads) before and after each request. Scenarios:
+1. a 1 GiB file (page cache) by ``wsgi.file_wrapper(open(path, "rb"))``;
+2. 1 GiB that a feeder process writes into a socket in 64 KiB chunks: stock iterates 64 KiB
+   ``recv`` chunks, fastbody returns ``file_wrapper(sock, length=N)``; 2b. the same for a pipe
+   (``cat FILE``'s stdout: 64 KiB ``read`` chunks vs ``file_wrapper(stdout, length=N)``);
+3. ``wrk -t1 -c8 -d10s`` on 1 KiB, 16 KiB and 1 MiB files by ``file_wrapper`` (wrk comes from
+   ``apt-get update && apt-get install -y wrk``; without it these rows are skipped).
+``--quick``: 64 MiB bodies, 3-second wrk runs. Every wait is bounded; every process started
+here is stopped by its pid at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
+TIMEOUT = 120  # seconds any one wait (start, request, feeder, wrk) may take
+APPS = Path(__file__).resolve().parent / "apps"
+TICK = os.sysconf("SC_CLK_TCK")
+FORK = multiprocessing.get_context("fork")
+SMALL = (KIB, 16 * KIB, MIB)
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    worker: str
+    threads: int = 0
+    baseline: str | None = None  # the stock server a fastbody row is compared with
+
+
+KINDS = (
+    Kind("stock sync", "sync"),
+    Kind("fastbody sync", "egg:fastbody#sync", baseline="stock sync"),
+    Kind("stock gthread", "gthread", 8),
+    Kind("fastbody gthread", "egg:fastbody#gthread", 8, baseline="stock gthread"),
+)
+
+
+def worker_cpu(pid: int) -> float:
+    """User+sys seconds of process ``pid`` (all its threads, dead ones included)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+class Server:
+    """One gunicorn master (a child of this process) and its single worker."""
+
+    def __init__(self, kind: Kind, logs: Path) -> None:
+        self.kind = kind
+        with socket.socket() as probe:  # a free port (a small race, fine on a quiet host)
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        command = [sys.executable, "-m", "gunicorn", "--no-control-socket", "-w", "1", "-k", kind.worker]
+        command += ["-b", f"127.0.0.1:{self.port}", "--timeout", str(TIMEOUT), "--graceful-timeout", "5"]
+        command += ["--threads", str(kind.threads)] if kind.threads else []
+        command += ["--pythonpath", str(APPS), "gunicorn_bench_app:app"]
+        self.log = logs / f"{kind.name.replace(' ', '-')}.log"
+        with open(self.log, "wb") as log:
+            self.master = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        self.worker = 0
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and self.master.poll() is None:
+            workers = children(self.master.pid)
+            if len(workers) == 1:
+                try:
+                    if fetch(self.port, "/ready")[0] == 404:
+                        self.worker = workers[0]
+                        return
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.kind.name} did not start:\n{self.log.read_text()[-2000:]}")
+
+    def cpu(self) -> float:
+        if self.worker not in children(self.master.pid):
+            raise RuntimeError(f"{self.kind.name}: worker {self.worker} is gone (killed at --timeout?)")
+        return worker_cpu(self.worker)
+
+    def stop(self) -> None:
+        if self.master.poll() is None:
+            self.master.terminate()
+            try:
+                self.master.wait(15)
+            except subprocess.TimeoutExpired:
+                self.master.kill()
+                self.master.wait(5)
+        alive = self.worker and Path(f"/proc/{self.worker}").exists()
+        if alive and b"gunicorn" in Path(f"/proc/{self.worker}/cmdline").read_bytes():
+            os.kill(self.worker, signal.SIGKILL)
+
+
+def fetch(port: int, target: str, expect: int | None = None) -> tuple[int, int, float]:
+    """GET ``target`` (Connection: close) and drain the body: (status, body bytes, seconds)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.settimeout(None)  # blocking recv_into, bounded by the kernel
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", TIMEOUT, 0))
+        start = time.perf_counter()
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+        buffer = memoryview(bytearray(MIB))
+        head = b""
+        while b"\r\n\r\n" not in head and (got := sock.recv_into(buffer)):
+            head += bytes(buffer[:got])
+        head, _, rest = head.partition(b"\r\n\r\n")
+        total = len(rest)
+        while got := sock.recv_into(buffer):
+            total += got
+        seconds = time.perf_counter() - start
+    status = int(head.split(b" ", 2)[1]) if head else 0
+    length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+    if expect is not None and (status != 200 or total != expect or not length or int(length[1]) != expect):
+        raise RuntimeError(f"GET {target}: status {status}, {total} body bytes, expected {expect}")
+    return status, total, seconds
+
+
+def feeder_main(listener: socket.socket, size: int) -> None:
+    """Write ``size`` bytes in 64 KiB chunks to the first connection, then close."""
+    conn = listener.accept()[0]
+    with conn:
+        conn.settimeout(TIMEOUT)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        data = memoryview(b"\xa5" * (64 * KIB))
+        for _ in range(size // len(data)):
+            conn.sendall(data)
+
+
+def measure(server: Server, target: str, size: int, feed: bool = False) -> tuple[float, float]:
+    """One request: (worker CPU seconds per GiB, MB/s)."""
+    listener, feeder = None, None
+    if feed:
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(TIMEOUT)
+        target += f"&port={listener.getsockname()[1]}&size={size}"
+        feeder = FORK.Process(target=feeder_main, args=(listener, size), daemon=True)
+        feeder.start()
+    try:
+        before = server.cpu()
+        _, _, seconds = fetch(server.port, target, size)
+        time.sleep(0.05)  # the worker finishes closing the request
+        used = server.cpu() - before
+    finally:
+        if feeder is not None:
+            feeder.join(10)
+            if feeder.is_alive():
+                feeder.kill()
+                feeder.join()
+        if listener is not None:
+            listener.close()
+    return used * GIB / size, size / seconds / 1e6
+
+
+def run_wrk(server: Server, path: str, seconds: int) -> tuple[float, float, str]:
+    """wrk -t1 -c8: (requests/s, worker CPU µs per request, errors)."""
+    url = f"http://127.0.0.1:{server.port}/file?path={path}"
+    before = server.cpu()
+    command = ["wrk", "-t1", "-c8", f"-d{seconds}s", "--timeout", "10s", url]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    used = server.cpu() - before
+    rate = re.search(r"Requests/sec:\s*([\d.]+)", out)
+    count = re.search(r"(\d+) requests in", out)
+    if not rate or not count:
+        raise RuntimeError(f"wrk output not understood:\n{out}")
+    errors = [m.group(0) for m in re.finditer(r"(Socket errors:.*|Non-2xx or 3xx responses: \d+)", out)]
+    return float(rate[1]), used * 1e6 / max(int(count[1]), 1), "; ".join(errors) or "none"
+
+
+def make_file(directory: str, size: int) -> str:
+    path = os.path.join(directory, f"body-{size}.bin")
+    block = os.urandom(min(size, MIB))
+    with open(path, "wb") as file:
+        for offset in range(0, size, len(block)):
+            file.write(block[: size - offset])
+    with open(path, "rb") as file:  # read once so every run is served from the page cache
+        while file.read(MIB):
+            pass
+    return path
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str
+    title: str  # {mib}: the body size
+    paths: tuple[str, str]  # how stock and fastbody move the body
+    targets: tuple[str, str]  # stock's and fastbody's request target; {big}: the big file
+    limit: float  # highest fastbody/stock CPU ratio the issue expects
+    feed: bool = False  # a feeder process writes the body into a socket the app connects to
+
+
+CASES = (
+    Case("file", "1. {mib} MiB file, file_wrapper(open(path)), app sets Content-Length",
+         ("file_wrapper (sendfile)", "file_wrapper"), ("/file?path={big}", "/file?path={big}"), 1.0),
+    Case("socket", "2. {mib} MiB socket body, a feeder process writes 64 KiB chunks",
+         ("iterated 64 KiB recv", "file_wrapper(sock, length)"), ("/socket?wrap=", "/socket?wrap=1"),
+         0.5, feed=True),
+    Case("pipe", "2b. {mib} MiB pipe body (cat FILE's stdout)",
+         ("iterated 64 KiB read", "file_wrapper(stdout, length)"),
+         ("/pipe?path={big}", "/pipe?path={big}&wrap=1"), 0.5),
+)  # fmt: skip
+
+
+def verdict(label: str, ratio: float, ok: bool, expected: str) -> str:
+    return f"- {label}: {ratio:.2f} (expected {expected}) — {'held' if ok else 'DID NOT HOLD'}"
+
+
+def big_bodies(servers: list[Server], big: str, size: int, repeat: int, checks: list[str]) -> None:
+    results: dict[str, dict[str, list[tuple[float, float]]]] = {c.key: {} for c in CASES}
+    for index in range(repeat):  # interleaved, so drift and other load hit every server alike
+        for case in CASES:
+            for server in servers:
+                target = case.targets[bool(server.kind.baseline)].format(big=big)
+                run = measure(server, target, size, case.feed)
+                results[case.key].setdefault(server.kind.name, []).append(run)
+                note = f"[{index + 1}/{repeat}] {case.key} {server.kind.name}: {run[0]:.3f} s/GiB"
+                print(f"{note}, {run[1]:.0f} MB/s", file=sys.stderr, flush=True)
+    print(f"\nOne request per run (Connection: close), medians of {repeat} runs. CPU: the gunicorn worker")
+    print(f"process's own user+sys (/proc, 1/{TICK} s ticks) per GiB; {os.cpu_count()} CPUs, 127.0.0.1.")
+    for case in CASES:
+        runs = results[case.key]
+        cpu = {name: statistics.median(run[0] for run in name_runs) for name, name_runs in runs.items()}
+        rate = {name: statistics.median(run[1] for run in name_runs) for name, name_runs in runs.items()}
+        print(f"\n### {case.title.format(mib=size // MIB)}\n")
+        print("| server | body path | throughput MB/s | worker CPU s/GiB (min-max) | fastbody/stock |")
+        print("|---|---|---|---|---|")
+        for kind in KINDS:
+            low, high = min(run[0] for run in runs[kind.name]), max(run[0] for run in runs[kind.name])
+            versus, base = "baseline", kind.baseline
+            if base:
+                ratio = cpu[kind.name] / cpu[base]
+                versus = f"CPU {ratio:.2f}, MB/s {rate[kind.name] / rate[base]:.2f}"
+                label = f"{case.key}: {kind.name} CPU / {base} CPU"
+                checks.append(verdict(label, ratio, ratio <= case.limit, f"≤ {case.limit:.2f}"))
+            cells = [kind.name, case.paths[bool(base)], f"{rate[kind.name]:.0f}"]
+            cells += [f"{cpu[kind.name]:.3f} ({low:.3f}-{high:.3f})", versus]
+            print("| " + " | ".join(cells) + " |")
+
+
+def small_bodies(servers: list[Server], small: dict[int, str], seconds: int, checks: list[str]) -> None:
+    print(f"\n### 3. wrk -t1 -c8 -d{seconds}s, files by file_wrapper (app sets Content-Length)\n")
+    print("Both sync workers close every connection; the gthread ones (--threads 8) keep them alive.\n")
+    print("| body | server | requests/s | worker CPU µs/request | wrk errors | fastbody/stock req/s |")
+    print("|---|---|---|---|---|---|")
+    for body, path in small.items():
+        rates: dict[str, float] = {}
+        label = f"{body // KIB} KiB" if body < MIB else f"{body // MIB} MiB"
+        for server in servers:
+            rate, cpu, errors = run_wrk(server, path, seconds)
+            rates[server.kind.name] = rate
+            versus, base = "baseline", server.kind.baseline
+            if base:
+                ratio = rate / rates[base]
+                versus = f"{ratio:.2f}"
+                name = f"{label}: {server.kind.name} req/s / {base}"
+                checks.append(verdict(name, ratio, ratio >= 1.0, "≥ 1.00"))
+            cells = [label, server.kind.name, f"{rate:.0f}", f"{cpu:.0f}", errors, versus]
+            print("| " + " | ".join(cells) + " |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="64 MiB bodies, 3-second wrk runs")
+    parser.add_argument("--repeat", type=int, default=5, help="requests per big-body cell; medians shown")
+    args = parser.parse_args()
+    size, wrk_seconds = (64 * MIB, 3) if args.quick else (GIB, 10)
+    install = "apt-get update && apt-get install -y wrk"
+    if shutil.which("wrk") is None:
+        print(f"wrk not found (install it: `{install}`); skipping the wrk rows.", file=sys.stderr)
+    workdir = tempfile.mkdtemp(prefix="fastbody-gunicorn-bench-", dir="/tmp")
+    servers: list[Server] = []
+    checks: list[str] = []
+    try:
+        big = make_file(workdir, size)
+        small = {body: make_file(workdir, body) for body in SMALL}
+        servers = [Server(kind, Path(workdir)) for kind in KINDS]
+        for server in servers:
+            server.wait_ready()
+        big_bodies(servers, big, size, args.repeat, checks)
+        if shutil.which("wrk") is not None:
+            small_bodies(servers, small, wrk_seconds, checks)
+        else:
+            print(f"\n### 3. skipped: wrk is not installed (`{install}`)")
+        print("\nExpectations (issue 3):\n")
+        print("\n".join(checks))
+    finally:
+        for server in servers:
+            server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
