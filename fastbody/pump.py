@@ -24,7 +24,7 @@ from typing import Any
 
 from . import counters, syscalls
 from .errors import IncompleteTransfer, with_sent
-from .pipes import PipePool
+from .pipes import PIPE_SIZE, PipePool
 from .plan import Path, Trickle, choose_path
 from .source import Body, ChunksBody, FileBody, ReaderBody, StreamBody, StreamKind
 
@@ -293,12 +293,19 @@ def _splice_through_pipe(run: _Run, src: int, pool: PipePool) -> Attempt:
 
 
 def _splice_direct(run: _Run, src: int) -> Attempt:
-    progress, dst = run.progress, run.dst
-    started = False
+    progress, dst, waits = run.progress, run.dst, run.waits
+    # A subprocess's pipe holds 64 KiB: the writer then stalls and we wake for every 64 KiB,
+    # which costs more than copying. Grown to the pool's pipe size, one splice moves up to
+    # 1 MiB (and the writer runs ahead of us).
+    syscalls.grow_pipe(src, PIPE_SIZE)
+    started, emptied = False, False
     while not progress.done:
+        if emptied and waits.ahead(src):
+            yield Wait(src, Event.READ)  # as in _copy: skip the splice that would get EAGAIN
         called = time.monotonic()
+        asked = progress.want(syscalls.MAX_STEP)
         try:
-            moved = syscalls.splice(src, dst.fd, progress.want(syscalls.MAX_STEP), from_pipe=True)
+            moved = syscalls.splice(src, dst.fd, asked, from_pipe=True)
         except OSError as error:
             if not started and error.errno in syscalls.CANNOT_START:
                 return False
@@ -316,6 +323,8 @@ def _splice_direct(run: _Run, src: int) -> Attempt:
             break
         else:
             started = True
+            # Short: the pipe ran dry (or the socket filled up, and then the wait is a no-op).
+            emptied = moved < asked
             progress.add(counters.SPLICE, moved)
             yield from run.checkpoint()
     return True

@@ -196,6 +196,20 @@ def new_pipe(size: int) -> tuple[int, int, int]:
     return read_fd, write_fd, real_size
 
 
+def grow_pipe(fd: int, size: int) -> int:
+    """Ask the pipe ``fd`` to hold ``size`` bytes (never shrink it); return the size it has.
+
+    Best effort: past the user's pipe budget or ``pipe-max-size`` the kernel refuses and the
+    pipe keeps its size.
+    """
+    current: int = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+    if current >= size:
+        return current
+    with suppress(OSError):
+        current = fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+    return current
+
+
 def dup(fd: int) -> int:
     return os.dup(fd)
 

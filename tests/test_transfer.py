@@ -6,6 +6,7 @@ which path moved them in ``fastbody.stats()``.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import random
@@ -21,6 +22,7 @@ import pytest
 from conftest import Receiver, Runner, StatsDelta, close_fed, feed_socket, sha256, tcp_pair
 
 import fastbody
+from fastbody import pipes
 from fastbody.plan import SMALL_BODY
 
 MiB = 1 << 20
@@ -120,6 +122,8 @@ def test_subprocess_pipe_by_splice(
     assert process.stdout is not None
     assert send(run, process.stdout) == (len(blob_32m), len(blob_32m), sha256(blob_32m))
     assert process.wait(10) == 0
+    # The 64 KiB pipe was grown so each splice moves up to the pool's pipe size.
+    assert fcntl.fcntl(process.stdout.fileno(), fcntl.F_GETPIPE_SZ) >= pipes.MIN_PIPE_SIZE
     process.stdout.close()
     # At most one buffer's worth was already read into Python by the file object: it is copied.
     spliced = moved().get("splice", 0)
