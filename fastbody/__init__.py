@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .counters import stats
 from .errors import IncompleteTransfer, PeerClosedError, TransferError, TransferTimeout
+from .readiness import apending, buffered, pending
 from .transfer import atransfer, transfer
 
 __all__ = [
@@ -17,7 +18,10 @@ __all__ = [
     "PeerClosedError",
     "TransferError",
     "TransferTimeout",
+    "apending",
     "atransfer",
+    "buffered",
+    "pending",
     "stats",
     "transfer",
 ]

@@ -63,7 +63,7 @@ async def run_async(pump: Pump, timeout: float | None) -> int:
             dup = dups.get(request.fd)
             if dup is None:
                 dup = dups[request.fd] = os.dup(request.fd)
-            if await _ready(loop, dup, request.event, timeout):
+            if await ready_async(loop, dup, request.event, timeout):
                 request = pump.send(None)
             else:
                 request = pump.throw(_no_progress(request, timeout))
@@ -82,7 +82,8 @@ async def _pull(request: Pull) -> object:
         return None
 
 
-async def _ready(loop: asyncio.AbstractEventLoop, fd: int, event: Event, timeout: float | None) -> bool:
+async def ready_async(loop: asyncio.AbstractEventLoop, fd: int, event: Event, timeout: float | None) -> bool:
+    """Whether ``fd`` (one the loop may watch: never a transport's own) got ready in time."""
     ready: asyncio.Future[bool] = loop.create_future()
 
     def settle(value: bool) -> None:

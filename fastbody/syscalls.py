@@ -15,6 +15,8 @@ import select
 import socket
 import stat
 import struct
+import sys
+import termios
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
@@ -133,6 +135,23 @@ def readable_now(fd: int) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     return bool(poller.poll(0))
+
+
+def pending_bytes(fd: int) -> int:
+    """How many bytes wait to be read from the socket or pipe ``fd`` (``FIONREAD``)."""
+    size = bytearray(4)
+    fcntl.ioctl(fd, termios.FIONREAD, size)
+    return int.from_bytes(size, sys.byteorder)
+
+
+def pending_error(fd: int) -> int:
+    """The error a socket holds (``SO_ERROR``, cleared by reading it); 0 for none or a non-socket."""
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:  # not a socket
+        return 0
+    with sock:
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
 
 
 def file_type(fd: int) -> int:

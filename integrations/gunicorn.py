@@ -34,14 +34,11 @@ the workers wrap the app so that, before it runs, that response becomes a ``Fast
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
-import select
 import socket
 import ssl
 import stat
-import termios
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -54,6 +51,7 @@ from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
 import fastbody
+from fastbody import readiness
 
 __all__ = ["FastResponse", "FastSync", "FastThread", "FileWrapper", "Framing", "frame"]
 
@@ -61,9 +59,6 @@ log = logging.getLogger("gunicorn.error")
 
 SMALL_FILE = 32 << 10
 """Files up to this size go out with the head in one ``sendmsg`` (kernel paths save nothing)."""
-
-CHUNK_LIMIT = 16 << 20
-"""The largest chunk the chunked framing announces at a time."""
 
 COPY_CHUNK = 1 << 20
 """Bytes read at a time from a source that must be copied while its length is unknown."""
@@ -231,12 +226,12 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
         moves the chunk's bytes (by splice for a socket or pipe it can splice)."""
         self.sent = 0
         prefix = head
-        buffered = _drain_buffer(source, fd)
+        buffered = readiness.buffered(source) if fd != _NO_FD else b""
         if buffered:
             prefix = self._send_chunk(prefix, buffered, len(buffered))
         if fd != _NO_FD and not isinstance(source, ssl.SSLSocket):
             # The kernel says how many bytes wait (FIONREAD): that is the next chunk.
-            while size := _wait_readable(fd, self._timeout(), self.sent):
+            while size := readiness.pending(fd, self._timeout(), self.sent):
                 prefix = self._send_chunk(prefix, source, size)
         else:
             buffer = bytearray(COPY_CHUNK)
@@ -343,34 +338,6 @@ def _read_into(source: Any, buffer: Any) -> int:
     data = source.read(len(buffer))
     buffer[: len(data)] = data
     return len(data)
-
-
-def _drain_buffer(source: Any, fd: int) -> bytes:
-    """Bytes a buffered reader already holds in Python (the kernel cannot see them)."""
-    peek = getattr(source, "peek", None)
-    if peek is None or fd == _NO_FD:
-        return b""
-    blocking = os.get_blocking(fd)
-    os.set_blocking(fd, False)
-    try:
-        data = source.read1(1 << 16)
-    except BlockingIOError:
-        return b""
-    finally:
-        os.set_blocking(fd, blocking)
-    return data or b""
-
-
-def _wait_readable(fd: int, timeout: float | None, sent: int) -> int:
-    """Wait until ``fd`` has bytes to read; how many (at most ``CHUNK_LIMIT``), 0 at its end.
-    ``sent``: the body's bytes already sent, for the error when the source makes no progress."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    if not poller.poll(None if timeout is None else timeout * 1000):
-        raise fastbody.TransferTimeout.make(None, f"source made no progress for {timeout} seconds", sent)
-    size = bytearray(4)
-    fcntl.ioctl(fd, termios.FIONREAD, size)
-    return min(int.from_bytes(size, "little"), CHUNK_LIMIT)
 
 
 # Writing
