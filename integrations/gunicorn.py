@@ -431,3 +431,13 @@ class FastThread(ThreadWorker):  # type: ignore[misc]
     def load_wsgi(self) -> None:
         super().load_wsgi()
         self.wsgi = _upgrade(self.wsgi, None)
+
+
+def __getattr__(name: str) -> Any:
+    """``fastbody.integrations.gunicorn.FastUvicornWorker``, imported only when asked for (it
+    needs uvicorn and uvicorn-worker, which the WSGI workers do not)."""
+    if name == "FastUvicornWorker":
+        from .uvicorn_worker import FastUvicornWorker
+
+        return FastUvicornWorker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,15 +7,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,45 +20,21 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("gunicorn")
 
 from fastbody.integrations.gunicorn import Framing, frame  # noqa: E402
+from servers import (  # noqa: E402
+    MIB,
+    Server,
+    answers,
+    fetch,
+    free_port,
+    launch,
+    make_certificate,
+    moved,
+    stop,
+    wait_until,
+)
 
 APPS = Path(__file__).resolve().parent / "apps"
-MIB = 1 << 20
 WORKERS = ["sync", "gthread"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-    access_log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def info(self) -> dict[str, Any]:
-        answer = httpx.get(f"{self.url}/stats", timeout=30)
-        answer.raise_for_status()
-        return dict(answer.json())
-
-    def get(self, route: str) -> Any:
-        return httpx.get(f"{self.url}{route}", timeout=30)
-
-    def stats(self) -> dict[str, int]:
-        return dict(self.info()["stats"])
-
-    def fds(self, pid: int) -> int:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-
-    def errors(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 def start(
@@ -79,38 +52,17 @@ def start(
     command += ["--access-logfile", str(access_log), "--access-logformat", "%(r)s %(s)s %(B)s"]
     if worker == "gthread":
         command += ["--threads", "4"]
-    command += [*options, app]
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
-    server = Server(process, port, log, access_log)
-    deadline = time.monotonic() + 30
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(f"gunicorn exited with {process.returncode}:\n{server.errors()}")
-        try:
-            server.info()
-            return server
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                stop(server)
-                raise AssertionError(f"gunicorn did not answer within 30 s:\n{server.errors()}") from None
-            time.sleep(0.1)
-
-
-def stop(server: Server) -> None:
-    server.process.send_signal(signal.SIGTERM)
-    try:
-        server.process.wait(15)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait(10)
+    return launch([*command, *options, app], port, log, access_log, env=env or {})
 
 
 @pytest.fixture(scope="module")
 def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("gunicorn")
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp: Path) -> tuple[str, str]:
+    return make_certificate(tmp)
 
 
 @pytest.fixture(scope="module")
@@ -127,35 +79,6 @@ def server(request: pytest.FixtureRequest, tmp: Path) -> Iterator[Server]:
     running = start(tmp, request.param)
     yield running
     stop(running)
-
-
-@dataclass
-class Fetched:
-    status: int
-    headers: Any
-    size: int
-    sha256: str
-
-
-def fetch(url: str, method: str = "GET", client: Any = None) -> Fetched:
-    digest, size = hashlib.sha256(), 0
-    with (client or httpx).stream(method, url, timeout=60) as answer:
-        for chunk in answer.iter_raw(MIB):
-            digest.update(chunk)
-            size += len(chunk)
-        return Fetched(answer.status_code, answer.headers, size, digest.hexdigest())
-
-
-def moved(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {path: after[path] - before[path] for path in after if after[path] != before[path]}
-
-
-def wait_until(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
 
 
 # The framing decision, without sockets
@@ -405,27 +328,6 @@ def test_sendfile_off_copies(
         stop(running)
 
 
-@pytest.fixture(scope="module")
-def certificate(tmp: Path) -> tuple[str, str]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl command not installed (Debian package openssl)")
-    cert, key = str(tmp / "cert.pem"), str(tmp / "key.pem")
-    command = [
-        "openssl",
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]
-    subprocess.run([*command, "-keyout", key, "-out", cert], check=True, capture_output=True, timeout=60)
-    return cert, key
-
-
 @pytest.mark.parametrize("worker", WORKERS)
 def test_tls_copies(tmp: Path, blob: tuple[str, str], certificate: tuple[str, str], worker: str) -> None:
     path, digest = blob
@@ -440,7 +342,7 @@ def test_tls_copies(tmp: Path, blob: tuple[str, str], certificate: tuple[str, st
     url = f"https://127.0.0.1:{port}"
     try:
         with httpx.Client(verify=False, timeout=60) as client:
-            wait_until(lambda: _answers(client, f"{url}/stats"), 30, "TLS server up")
+            wait_until(lambda: answers(client, f"{url}/stats"), 30, "TLS server up")
             before = client.get(f"{url}/stats").json()["stats"]
             for route in ("file", "socket"):
                 got = fetch(f"{url}/{route}?path={path}", client=client)
@@ -449,13 +351,6 @@ def test_tls_copies(tmp: Path, blob: tuple[str, str], certificate: tuple[str, st
             assert moved(before, after) == {"copy": 128 * MIB}
     finally:
         stop(running)
-
-
-def _answers(client: Any, url: str) -> bool:
-    try:
-        return bool(client.get(url).status_code == 200)
-    except httpx.TransportError:
-        return False
 
 
 # Plain iterables: exactly as stock gunicorn
@@ -499,7 +394,7 @@ def _stock(tmp: Path, worker: str) -> Server:
     with open(log, "wb") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     running = Server(process, port, log, log)
-    wait_until(lambda: _answers(httpx, f"{running.url}/stats"), 30, "stock gunicorn up")
+    wait_until(lambda: answers(httpx, f"{running.url}/stats"), 30, "stock gunicorn up")
     return running
 
 

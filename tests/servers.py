@@ -1,0 +1,138 @@
+"""Real server processes on 127.0.0.1 for the integration tests: start, wait until they answer,
+read ``fastbody.stats()`` from them (their ``/stats`` route), fetch bodies by sha256, stop them."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+MIB = 1 << 20
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    access_log: Path
+    scheme: str = "http"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def info(self) -> dict[str, Any]:
+        with httpx.Client(verify=False, timeout=30) as client:
+            answer = client.get(f"{self.url}/stats")
+        answer.raise_for_status()
+        return dict(answer.json())
+
+    def get(self, route: str) -> Any:
+        return httpx.get(f"{self.url}{route}", timeout=30)
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.info()["stats"])
+
+    def fds(self, pid: int) -> int:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+
+    def errors(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def launch(
+    command: list[str], port: int, log: Path, access_log: Path | None = None, **options: Any
+) -> Server:
+    """Start ``command`` (output to ``log``) and wait until its ``/stats`` answers."""
+    env = {**os.environ, **options.pop("env", {})}
+    with open(log, "wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
+    server = Server(process, port, log, access_log or log, **options)
+    deadline = time.monotonic() + 30
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"{command[2]} exited with {process.returncode}:\n{server.errors()}")
+        try:
+            server.info()
+            return server
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                stop(server)
+                raise AssertionError(f"{command[2]} did not answer within 30 s:\n{server.errors()}") from None
+            time.sleep(0.1)
+
+
+def stop(server: Server) -> None:
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        server.process.wait(15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait(10)
+
+
+@dataclass
+class Fetched:
+    status: int
+    headers: Any
+    size: int
+    sha256: str
+
+
+def fetch(
+    url: str, method: str = "GET", client: Any = None, headers: dict[str, str] | None = None
+) -> Fetched:
+    digest, size = hashlib.sha256(), 0
+    with (client or httpx).stream(method, url, timeout=60, headers=headers) as answer:
+        for chunk in answer.iter_raw(MIB):
+            digest.update(chunk)
+            size += len(chunk)
+        return Fetched(answer.status_code, answer.headers, size, digest.hexdigest())
+
+
+def moved(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {path: after[path] - before[path] for path in after if after[path] != before[path]}
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
+
+
+def make_certificate(directory: Path) -> tuple[str, str]:
+    """A self-signed certificate and key for 127.0.0.1, made with the openssl command."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl command not installed (Debian package openssl)")
+    cert, key = str(directory / "cert.pem"), str(directory / "key.pem")
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    command += ["-subj", "/CN=127.0.0.1"]
+    subprocess.run([*command, "-keyout", key, "-out", cert], check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def answers(client: Any, url: str) -> bool:
+    try:
+        return bool(client.get(url).status_code == 200)
+    except httpx.TransportError:
+        return False
