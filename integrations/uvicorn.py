@@ -280,14 +280,15 @@ class _ZeroCopyCycle:
     async def _drain_transport(self) -> None:
         """Wait until the transport has written all it holds: our bytes must come after them."""
         transport = self.transport
-        if not transport.get_write_buffer_size():
+        if not (buffered := transport.get_write_buffer_size()):
             return
-        high = transport.get_write_buffer_limits()[1]
-        transport.set_write_buffer_limits(high=0)  # pause_writing now, resume_writing at empty
+        log.debug("fastbody: %d bytes wait in the transport before the zero-copy body", buffered)
+        low, high = transport.get_write_buffer_limits()
+        transport.set_write_buffer_limits(high=0, low=0)  # pause_writing now, resume_writing at empty
         try:
             await self.flow.drain()
         finally:
-            transport.set_write_buffer_limits(high=high)
+            transport.set_write_buffer_limits(high=high, low=low)
         if self.disconnected:
             raise fastbody.PeerClosedError.make(None, "the client went away", 0)
 

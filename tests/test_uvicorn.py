@@ -4,13 +4,16 @@ sha256, and ``fastbody.stats()`` read from the server to prove which path moved 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,6 +106,62 @@ def test_content_length_is_read_and_added() -> None:
     assert start["headers"] == [(b"x", b"1")]  # not changed in place
 
 
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_zero_copy_waits_for_the_transport_buffer(loop_kind: str) -> None:
+    """Bytes the transport still holds go out before the engine writes to the socket itself."""
+    if loop_kind not in _loops():
+        pytest.skip("uvloop not installed")
+    from fastbody.integrations.uvicorn import H11Cycle
+    from uvicorn.protocols.http.flow_control import FlowControl
+
+    class Flowing(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.flow = FlowControl(transport)  # type: ignore[arg-type]
+
+        def pause_writing(self) -> None:
+            self.flow.pause_writing()
+
+        def resume_writing(self) -> None:
+            self.flow.resume_writing()
+
+    async def main() -> tuple[int, int, tuple[int, int], tuple[int, int]]:
+        ours, theirs = socket.socketpair()
+        transport, protocol = await asyncio.get_running_loop().connect_accepted_socket(Flowing, ours)
+        limits = transport.get_write_buffer_limits()
+        transport.write(b"x" * (8 * MIB))
+        buffered = transport.get_write_buffer_size()
+        cycle = object.__new__(H11Cycle)
+        cycle.transport, cycle.flow, cycle.disconnected = transport, protocol.flow, False
+        reader = threading.Thread(target=lambda: _drain_socket(theirs, 8 * MIB))
+        reader.start()
+        await cycle._drain_transport()
+        left = transport.get_write_buffer_size()
+        reader.join(30)
+        after = transport.get_write_buffer_limits()
+        transport.close()
+        theirs.close()
+        return buffered, left, limits, after
+
+    buffered, left, limits, after = _run_loop(loop_kind, main())
+    assert buffered > 0  # the case under test: the transport did hold bytes
+    assert left == 0
+    assert after == limits
+
+
+def _drain_socket(sock: socket.socket, size: int) -> None:
+    time.sleep(0.2)
+    while size > 0 and (data := sock.recv(MIB)):
+        size -= len(data)
+
+
+def _run_loop(loop_kind: str, main: Any) -> Any:
+    if loop_kind == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
+
+
 # Unmodified Starlette and FastAPI responses
 
 
@@ -143,6 +202,16 @@ def test_zerocopysend_ranges(server: Server, blob: tuple[str, bytes], length: st
     else:
         assert got.headers["transfer-encoding"] == "chunked"
     assert moved(before, server.stats()).get("sendfile", 0) >= count - parts * 32 * 1024
+
+
+def test_zerocopysend_after_a_big_body_message(server: Server, blob: tuple[str, bytes]) -> None:
+    """16 MiB written through the transport are still buffered when the file's bytes start: they
+    must wait until the transport has sent them all, or the body comes out of order."""
+    path, data = blob
+    prefix = 16 * MIB
+    got = fetch(f"{server.url}/zerocopy?path={path}&prefix={prefix}")
+    expected = b"start:" + b"p" * prefix + data
+    assert (got.status, got.size, got.sha256) == (200, len(expected), sha(expected))
 
 
 def test_zerocopysend_without_length_gets_one(server: Server, blob: tuple[str, bytes]) -> None:

@@ -44,15 +44,17 @@ def _query(scope: Scope) -> dict[str, str]:
 
 async def zerocopy(scope: Scope, receive: Receive, send: Send) -> None:
     """``http.response.zerocopysend`` of ``offset``/``count`` (or all) of the file, with the
-    length stated or not (``length=0``), and ``parts`` pieces mixed with a body message."""
+    length stated or not (``length=0``), in ``parts`` pieces after a body message of ``"start:"``
+    and ``prefix`` more bytes (a big one is still in the transport's buffer when the file starts)."""
     query = _query(scope)
     offset, count = int(query.get("offset", 0)), query.get("count")
     with open(query["path"], "rb") as source:
         size = os.fstat(source.fileno()).st_size
         total = int(count) if count is not None else size - offset
-        headers = [] if query.get("length") == "0" else [(b"content-length", b"%d" % (total + 6))]
+        prefix = b"start:" + b"p" * int(query.get("prefix", 0))
+        headers = [] if query.get("length") == "0" else [(b"content-length", b"%d" % (total + len(prefix)))]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": b"start:", "more_body": True})
+        await send({"type": "http.response.body", "body": prefix, "more_body": True})
         parts = int(query.get("parts", 1))
         step = total // parts
         for index in range(parts):
