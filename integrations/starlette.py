@@ -1,0 +1,628 @@
+"""Starlette responses whose bodies the server moves by sendfile or splice.
+
+    from fastbody.integrations.starlette import StaticFiles, ZeroCopyResponse
+
+    async def download(request: Request) -> Response:
+        return ZeroCopyResponse("big.iso")  # ranges, ETag, 304s through StaticFiles: as FileResponse
+
+    async def relay(request: Request) -> Response:
+        upstream = subprocess.Popen(["cat", "big.iso"], stdout=subprocess.PIPE)
+        return ZeroCopyResponse(upstream.stdout, media_type="application/octet-stream")
+
+    app = Starlette(routes=[..., Mount("/static", StaticFiles(directory="static"))])
+
+``ZeroCopyResponse`` hands its body to the server in one message per piece when the server
+advertises the extension in ``scope["extensions"]`` (fastbody's uvicorn protocol does):
+
+| content | message, when advertised | otherwise |
+|---|---|---|
+| path | ``http.response.zerocopysend`` per byte range (1) | 64 KiB reads in a thread, as FileResponse |
+| binary file object | ``http.response.zerocopysend`` from its position | 64 KiB reads in a thread |
+| socket, pipe, FIFO | ``fastbody.response.splicesend`` | reads as bytes arrive, on the event loop |
+| (async) iterator of bytes | ``http.response.body`` per chunk (plain StreamingResponse) | the same |
+
+(1) Multipart boundaries are ``http.response.body`` messages between the ranges. A whole file
+goes as ``http.response.pathsend`` when only that extension is advertised, as FileResponse does.
+
+Under any other server (Starlette's ``TestClient``, httpx's ``ASGITransport``, stock uvicorn)
+the same bytes go out as ordinary ``http.response.body`` messages.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import ssl
+import stat
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from mimetypes import guess_type
+from secrets import token_hex
+from typing import Any, Protocol, cast
+
+import anyio
+import anyio.to_thread
+from starlette import staticfiles
+from starlette.background import BackgroundTask
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import (
+    ContentStream,
+    FileResponse,
+    MalformedRangeHeader,
+    PlainTextResponse,
+    RangeNotSatisfiable,
+    Response,
+    StreamingResponse,
+)
+from starlette.types import Message, Receive, Scope, Send
+
+import fastbody
+
+__all__ = [
+    "PATHSEND",
+    "SPLICESEND",
+    "ZEROCOPYSEND",
+    "FileRange",
+    "StaticFiles",
+    "ZeroCopyResponse",
+]
+
+PATHSEND = "http.response.pathsend"
+ZEROCOPYSEND = "http.response.zerocopysend"
+SPLICESEND = "fastbody.response.splicesend"
+
+CHUNK_SIZE = 64 * 1024
+"""Bytes per ``http.response.body`` message on the fallback path (FileResponse's chunk size)."""
+
+_END_OF_BODY: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+class HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class FileRange:
+    """``count`` bytes of the response's file from ``offset``."""
+
+    offset: int
+    count: int
+
+
+BodyPart = bytes | FileRange
+"""What follows the head: literal bytes (multipart boundaries) or a range of the file."""
+
+BodySender = Callable[[Send], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """What one request gets: a head, then whatever ``send_body`` sends."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    send_body: BodySender
+
+
+class ZeroCopyResponse(StreamingResponse):
+    """A response whose body the server sends with sendfile or splice when it can.
+
+    ``content`` is a path, a binary file object, a socket or pipe (anything with a ``fileno()``
+    that is a socket or FIFO, e.g. ``subprocess.Popen(...).stdout``), or an iterator or async
+    iterator of bytes (then this is a plain ``StreamingResponse``).
+
+    - A path is served exactly as Starlette's ``FileResponse`` serves it, with the same headers
+      and statuses (Content-Type, Content-Disposition for ``filename``, ETag, Last-Modified,
+      Content-Length, Accept-Ranges; If-Range; 206 single and multipart ranges, 416, 400; HEAD).
+      As with ``FileResponse``, a 304 for If-None-Match / If-Modified-Since is ``StaticFiles``'
+      decision, not the response's. The response opens the file once per request, sends
+      ``http.response.zerocopysend`` with an explicit offset and count per range (so the server
+      never sends more than Content-Length promised, even if the file grew), and closes it.
+    - A file object is sent from its current position: ``count`` bytes, or to the end of file.
+    - A socket or pipe is sent until it ends, or ``count`` bytes (then Content-Length is set).
+      If it ends before ``count``, ``fastbody.IncompleteTransfer`` is raised.
+
+    Ownership: a file object, socket or pipe handed to the response belongs to it from then on
+    and is closed once the response is over (sent, failed, or cancelled by a disconnect), as a
+    ``FileResponse`` closes the file it opened. Close a ``Popen``'s process yourself (e.g. in a
+    ``background`` task); the response closes only its stdout.
+
+    ``count`` applies to file objects, sockets and pipes; ``stat_result`` to paths only.
+    ``method="HEAD"`` sends headers only whatever the request's method (as older Starlette).
+    """
+
+    def __init__(
+        self,
+        content: str | os.PathLike[str] | HasFileno | ContentStream,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        media_type: str | None = None,
+        background: BackgroundTask | None = None,
+        *,
+        count: int | None = None,
+        filename: str | None = None,
+        stat_result: os.stat_result | None = None,
+        method: str | None = None,
+        content_disposition_type: str = "attachment",
+    ) -> None:
+        if count is not None and count < 0:
+            raise ValueError(f"count must be >= 0, not {count}")
+        self.method = method
+        self._reply: _Reply | None = None
+        self._body: _PathBody | _FileBody | _StreamBody | None
+        if isinstance(content, str | os.PathLike):
+            if count is not None:
+                raise ValueError("count applies to file objects, sockets and pipes; use a Range request")
+            self._init_path(
+                content, status_code, headers, media_type, filename, stat_result, content_disposition_type
+            )
+        elif (fd := _fileno(content)) is not None:
+            if stat_result is not None:
+                raise ValueError("stat_result applies to paths only")
+            body = _body_for_descriptor(cast(HasFileno, content), fd, count)
+            self._init_descriptor(body, status_code, headers, media_type, filename, content_disposition_type)
+        elif isinstance(content, bytes | bytearray | memoryview):
+            raise TypeError("ZeroCopyResponse takes no bytes: use Response(content) for a body in memory")
+        elif isinstance(content, AsyncIterable | Iterable):
+            if count is not None or stat_result is not None:
+                raise ValueError("count and stat_result do not apply to iterators")
+            self._body = None
+            super().__init__(content, status_code, headers, media_type)
+        else:
+            raise TypeError(
+                f"cannot send {type(content).__name__!r}: expected a path, a binary file, a socket, "
+                "a pipe or an (async) iterator of bytes"
+            )
+        self.background = background
+
+    def _init_path(
+        self,
+        path: str | os.PathLike[str],
+        status_code: int,
+        headers: Mapping[str, str] | None,
+        media_type: str | None,
+        filename: str | None,
+        stat_result: os.stat_result | None,
+        content_disposition_type: str,
+    ) -> None:
+        # A FileResponse builds the headers (media type, Accept-Ranges, Content-Disposition, stat
+        # headers) and keeps doing so at request time: both responses share one header list.
+        model = FileResponse(
+            path,
+            status_code,
+            headers,
+            media_type,
+            filename=filename,
+            stat_result=stat_result,
+            content_disposition_type=content_disposition_type,
+        )
+        self.status_code = status_code
+        self.media_type = model.media_type
+        self.raw_headers = model.raw_headers
+        self._body = _PathBody(path, stat_result, model)
+        self.body_iterator = _path_chunks(path)
+
+    def _init_descriptor(
+        self,
+        body: _FileBody | _StreamBody,
+        status_code: int,
+        headers: Mapping[str, str] | None,
+        media_type: str | None,
+        filename: str | None,
+        content_disposition_type: str,
+    ) -> None:
+        self.status_code = status_code
+        self.media_type = media_type if media_type is not None else body.guess_media_type(filename)
+        self.init_headers(headers)
+        if body.length is not None and not (status_code < 200 or status_code in (204, 304)):
+            self.headers.setdefault("content-length", str(body.length))
+        if filename is not None:
+            # FileResponse's own rule (quoting, filename*=), which touches no file system.
+            named = FileResponse(
+                filename, filename=filename, content_disposition_type=content_disposition_type
+            )
+            self.headers.setdefault("content-disposition", named.headers["content-disposition"])
+        self._body = body
+        self.body_iterator = body.chunks()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = self._body
+        if body is None:
+            await super().__call__(scope, receive, send)
+            return
+        try:
+            prepared = await body.prepare(scope, self.status_code, self.raw_headers, self._head_only(scope))
+            if isinstance(prepared, Response):  # 400 or 416, answered as FileResponse answers them
+                await prepared(scope, receive, send)
+                return
+            self._reply = prepared
+            # StreamingResponse runs stream_response beside listen_for_disconnect.
+            await super().__call__(scope, receive, send)
+        finally:
+            body.close()
+
+    async def stream_response(self, send: Send) -> None:
+        if self._reply is None:  # an iterator, or a caller that skipped __call__
+            await super().stream_response(send)
+            return
+        reply = self._reply
+        await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+        await reply.send_body(send)
+
+    def _head_only(self, scope: Scope) -> bool:
+        if scope["type"] != "http":
+            return False
+        method: str = self.method or scope["method"]
+        return method.upper() == "HEAD"
+
+
+class StaticFiles(staticfiles.StaticFiles):
+    """Starlette's ``StaticFiles`` serving its files with ``ZeroCopyResponse``.
+
+    Not-modified handling (If-None-Match, If-Modified-Since → 304) is Starlette's, unchanged.
+    The ``404.html`` of ``html=True`` mode is still a plain ``FileResponse`` (Starlette builds it
+    outside ``file_response``).
+    """
+
+    def file_response(
+        self,
+        full_path: staticfiles.PathLike,
+        stat_result: os.stat_result,
+        scope: Scope,
+        status_code: int = 200,
+    ) -> Response:
+        response = ZeroCopyResponse(full_path, status_code=status_code, stat_result=stat_result)
+        if self.is_not_modified(response.headers, Headers(scope=scope)):
+            return staticfiles.NotModifiedResponse(response.headers)
+        return response
+
+
+# ---- the three kinds of body -------------------------------------------------------------------
+
+
+class _PathBody:
+    """A file named by a path: FileResponse's headers, statuses and ranges."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], stat_result: os.stat_result | None, model: FileResponse
+    ) -> None:
+        self.path = path
+        self.stat_result = stat_result
+        self.model = model
+
+    async def prepare(
+        self, scope: Scope, status: int, headers: list[tuple[bytes, bytes]], head_only: bool
+    ) -> _Reply | Response:
+        stat_result = self.stat_result
+        if stat_result is None:
+            stat_result = await anyio.to_thread.run_sync(_stat_regular_file, self.path)
+        self.model.set_stat_headers(stat_result)  # setdefault: headers given by the app win
+        size = stat_result.st_size
+        try:
+            ranges = self._requested_ranges(scope, status, size)
+        except MalformedRangeHeader as exc:
+            return PlainTextResponse(exc.content, status_code=400)
+        except RangeNotSatisfiable as exc:
+            return PlainTextResponse(status_code=416, headers={"Content-Range": f"bytes */{exc.max_size}"})
+        extensions = _extensions(scope)
+        if not ranges:
+            whole: list[BodyPart] = [FileRange(0, size)]
+            return _Reply(status, headers, self._sender([] if head_only else whole, extensions, whole=True))
+        if len(ranges) == 1:
+            head, parts = self._single_range(headers, *ranges[0], size)
+        else:
+            head, parts = self._multiple_ranges(headers, ranges, size)
+        return _Reply(206, head, self._sender([] if head_only else parts, extensions, whole=False))
+
+    def _requested_ranges(self, scope: Scope, status: int, size: int) -> list[tuple[int, int]]:
+        """The ranges to serve, as FileResponse decides them; [] for the whole file."""
+        request = Headers(scope=scope)
+        http_range = request.get("range")
+        if_range = request.get("if-range")
+        if (
+            status != 200
+            or http_range is None
+            or (scope["type"] == "http" and scope["method"].upper() not in ("GET", "HEAD"))
+            or (if_range is not None and not self.model._should_use_range(if_range))
+        ):
+            return []
+        return FileResponse._parse_range_header(http_range, size)
+
+    def _single_range(
+        self, headers: list[tuple[bytes, bytes]], start: int, end: int, size: int
+    ) -> tuple[list[tuple[bytes, bytes]], list[BodyPart]]:
+        head = MutableHeaders(raw=list(headers))
+        head["content-range"] = f"bytes {start}-{end - 1}/{size}"
+        head["content-length"] = str(end - start)
+        return head.raw, [FileRange(start, end - start)]
+
+    def _multiple_ranges(
+        self, headers: list[tuple[bytes, bytes]], ranges: Sequence[tuple[int, int]], size: int
+    ) -> tuple[list[tuple[bytes, bytes]], list[BodyPart]]:
+        boundary = token_hex(13)  # FileResponse's choice: browsers use 95-96 bits
+        content_type = self.model.headers["content-type"]
+        content_length, part_head = self.model.generate_multipart(ranges, boundary, size, content_type)
+        head = MutableHeaders(raw=list(headers))
+        head["content-type"] = f"multipart/byteranges; boundary={boundary}"
+        head["content-length"] = str(content_length)
+        parts: list[BodyPart] = []
+        separator = b""  # the CRLF that ends each part goes out with the next boundary
+        for start, end in ranges:
+            parts += [separator + part_head(start, end), FileRange(start, end - start)]
+            separator = b"\r\n"
+        parts.append(separator + f"--{boundary}--".encode("latin-1"))
+        return head.raw, parts
+
+    def _sender(self, parts: list[BodyPart], extensions: Mapping[str, Any], *, whole: bool) -> BodySender:
+        if not parts:
+            return _send_end
+        if ZEROCOPYSEND in extensions:
+            return partial(_send_path_parts, self.path, parts, zero_copy=True)
+        if whole and PATHSEND in extensions:
+            return partial(_send_pathsend, self.path)
+        return partial(_send_path_parts, self.path, parts, zero_copy=False)
+
+    def chunks(self) -> AsyncGenerator[bytes, None]:
+        return _path_chunks(self.path)
+
+    def close(self) -> None:
+        """Nothing to close: each send opens and closes its own file."""
+
+
+class _FileBody:
+    """A binary file object handed in by the app: sent from its position, then closed."""
+
+    def __init__(self, file: HasFileno, fd: int, count: int | None) -> None:
+        self.file = file
+        tell = getattr(file, "tell", None)
+        # A buffered file's tell() counts what its buffer already read: where a read() would start.
+        self.offset: int = tell() if tell is not None else os.lseek(fd, 0, os.SEEK_CUR)
+        self.length: int = count if count is not None else max(os.fstat(fd).st_size - self.offset, 0)
+
+    async def prepare(
+        self, scope: Scope, status: int, headers: list[tuple[bytes, bytes]], head_only: bool
+    ) -> _Reply:
+        parts: list[BodyPart] = [] if head_only else [FileRange(self.offset, self.length)]
+        if not parts:
+            return _Reply(status, headers, _send_end)
+        zero_copy = ZEROCOPYSEND in _extensions(scope)
+        return _Reply(status, headers, partial(_send_parts, self.file, parts, zero_copy=zero_copy))
+
+    def guess_media_type(self, filename: str | None) -> str:
+        """From ``filename`` or the file's own name; octet-stream otherwise, as FileResponse."""
+        name = filename if filename is not None else getattr(self.file, "name", None)
+        guessed = guess_type(name)[0] if isinstance(name, str) else None
+        return guessed or "application/octet-stream"
+
+    def chunks(self) -> AsyncGenerator[bytes, None]:
+        return _file_chunks(self.file.fileno(), FileRange(self.offset, self.length))
+
+    def close(self) -> None:
+        _close(self.file)
+
+
+class _StreamBody:
+    """A socket or pipe handed in by the app: sent until its end (or ``count``), then closed."""
+
+    def __init__(self, stream: HasFileno, count: int | None) -> None:
+        self.stream = stream
+        self.length = count
+
+    async def prepare(
+        self, scope: Scope, status: int, headers: list[tuple[bytes, bytes]], head_only: bool
+    ) -> _Reply:
+        if head_only:
+            return _Reply(status, headers, _send_end)
+        if SPLICESEND in _extensions(scope):
+            return _Reply(status, headers, partial(_send_splice, self.stream, self.length))
+        return _Reply(status, headers, partial(_copy_stream, self.stream, self.length))
+
+    def guess_media_type(self, filename: str | None) -> str | None:
+        """From ``filename``; none otherwise, as StreamingResponse."""
+        return guess_type(filename)[0] if filename is not None else None
+
+    def chunks(self) -> AsyncGenerator[bytes, None]:
+        return _stream_chunks(self.stream, self.length)
+
+    def close(self) -> None:
+        _close(self.stream)
+
+
+# ---- sending -----------------------------------------------------------------------------------
+
+
+async def _send_end(send: Send) -> None:
+    await send(_END_OF_BODY)
+
+
+async def _send_pathsend(path: str | os.PathLike[str], send: Send) -> None:
+    await send({"type": PATHSEND, "path": str(path)})
+
+
+async def _send_splice(stream: HasFileno, count: int | None, send: Send) -> None:
+    await send({"type": SPLICESEND, "source": stream, "count": count, "more_body": False})
+
+
+async def _send_path_parts(
+    path: str | os.PathLike[str], parts: list[BodyPart], send: Send, *, zero_copy: bool
+) -> None:
+    async with _opened(path) as file:
+        await _send_parts(file, parts, send, zero_copy=zero_copy)
+
+
+async def _send_parts(file: HasFileno, parts: list[BodyPart], send: Send, *, zero_copy: bool) -> None:
+    """Send ``parts`` after the head; the last message is the one with ``more_body=False``."""
+    for index, part in enumerate(parts):
+        more_body = index < len(parts) - 1
+        if isinstance(part, bytes):
+            await send({"type": "http.response.body", "body": part, "more_body": more_body})
+        elif zero_copy:
+            await send(
+                {
+                    "type": ZEROCOPYSEND,
+                    "file": file,
+                    "offset": part.offset,
+                    "count": part.count,
+                    "more_body": more_body,
+                }
+            )
+        else:
+            await _copy_chunks(_file_chunks(file.fileno(), part), send)
+            if not more_body:
+                await send(_END_OF_BODY)
+
+
+async def _copy_stream(stream: HasFileno, count: int | None, send: Send) -> None:
+    await _copy_chunks(_stream_chunks(stream, count), send)
+    await send(_END_OF_BODY)
+
+
+async def _copy_chunks(chunks: AsyncGenerator[bytes, None], send: Send) -> None:
+    # aclosing: a disconnect cancels us mid-iteration; the generator must not wait for the GC.
+    async with aclosing(chunks):
+        async for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+
+# ---- reading, for servers without the extensions -----------------------------------------------
+
+
+async def _path_chunks(path: str | os.PathLike[str]) -> AsyncGenerator[bytes, None]:
+    async with _opened(path) as file:
+        fd = file.fileno()
+        async with aclosing(_file_chunks(fd, FileRange(0, os.fstat(fd).st_size))) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+
+async def _file_chunks(fd: int, part: FileRange) -> AsyncGenerator[bytes, None]:
+    """``part`` of the file, read in a worker thread 64 KiB at a time as FileResponse does.
+
+    ``pread``: explicit offsets, whatever the file object's position and buffer.
+    """
+    offset, end = part.offset, part.offset + part.count
+    while offset < end:
+        chunk = await anyio.to_thread.run_sync(os.pread, fd, min(CHUNK_SIZE, end - offset), offset)
+        if not chunk:  # the file shrank since its size was taken: never pass off a short body
+            raise fastbody.IncompleteTransfer.short(offset - part.offset, part.count)
+        offset += len(chunk)
+        yield chunk
+
+
+async def _stream_chunks(stream: HasFileno, count: int | None) -> AsyncGenerator[bytes, None]:
+    """A socket's or pipe's bytes as they arrive, until its end or ``count``.
+
+    Reads are non-blocking, waited for with ``anyio.wait_readable``: a disconnect cancels the
+    wait at once, where a thread blocked in ``read`` would hold the response until the source
+    sends again.
+    """
+    held = fastbody.buffered(stream)  # what a buffered reader (Popen.stdout) already pulled in
+    _make_nonblocking(stream)
+    sent = 0
+    while count is None or sent < count:
+        size = CHUNK_SIZE if count is None else min(CHUNK_SIZE, count - sent)
+        chunk, held = (held[:size], held[size:]) if held else (await _read_when_ready(stream, size), b"")
+        if not chunk:
+            break
+        sent += len(chunk)
+        yield chunk
+    if count is not None and sent < count:
+        raise fastbody.IncompleteTransfer.short(sent, count)
+
+
+async def _read_when_ready(stream: HasFileno, size: int) -> bytes:
+    while True:
+        try:
+            if isinstance(stream, socket.socket):  # through the object: a TLS socket decrypts
+                return stream.recv(size)
+            return os.read(stream.fileno(), size)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            await anyio.wait_readable(stream)
+
+
+def _make_nonblocking(stream: HasFileno) -> None:
+    # The response owns the stream and closes it afterwards: no mode to restore.
+    if isinstance(stream, socket.socket):
+        stream.setblocking(False)
+    else:
+        os.set_blocking(stream.fileno(), False)
+
+
+@asynccontextmanager
+async def _opened(path: str | os.PathLike[str]) -> AsyncIterator[io.BufferedReader]:
+    # Shielded: a cancellation delivered while the thread opens the file would lose the open file.
+    with anyio.CancelScope(shield=True):
+        file = await anyio.to_thread.run_sync(_open_binary, path)
+    try:
+        yield file
+    finally:
+        file.close()
+
+
+# ---- what the content is -----------------------------------------------------------------------
+
+
+def _open_binary(path: str | os.PathLike[str]) -> io.BufferedReader:
+    return open(path, "rb")
+
+
+def _fileno(content: object) -> int | None:
+    """The fd of ``content``, or None for iterators and file-likes without one (``io.BytesIO``)."""
+    if isinstance(content, bytes | bytearray | memoryview | AsyncIterable) or not hasattr(content, "fileno"):
+        return None
+    if isinstance(content, io.TextIOBase):
+        raise TypeError(f"cannot send text file {content!r}: open it in binary mode")
+    try:
+        fd = content.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation; a closed file
+        if getattr(content, "closed", False):
+            raise ValueError(f"cannot send {content!r}: it is closed") from None
+        return None
+    if isinstance(fd, int) and fd < 0:  # a closed socket
+        raise ValueError(f"cannot send {content!r}: it is closed")
+    return fd if isinstance(fd, int) else None
+
+
+def _body_for_descriptor(content: HasFileno, fd: int, count: int | None) -> _FileBody | _StreamBody:
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        return _FileBody(content, fd, count)
+    if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
+        return _StreamBody(content, count)
+    raise TypeError(f"cannot send {type(content).__name__!r}: its fd is neither a file, a socket nor a pipe")
+
+
+def _extensions(scope: Scope) -> Mapping[str, Any]:
+    if scope["type"] != "http":
+        return {}
+    extensions: Mapping[str, Any] = scope.get("extensions") or {}
+    return extensions
+
+
+def _stat_regular_file(path: str | os.PathLike[str]) -> os.stat_result:
+    """``os.stat``, failing as FileResponse fails for a missing path or a non-file."""
+    try:
+        stat_result = os.stat(path)
+    except FileNotFoundError:
+        raise RuntimeError(f"File at path {path} does not exist.") from None
+    if not stat.S_ISREG(stat_result.st_mode):
+        raise RuntimeError(f"File at path {path} is not a file.")
+    return stat_result
+
+
+def _close(source: object) -> None:
+    close = getattr(source, "close", None)
+    if callable(close):
+        close()
