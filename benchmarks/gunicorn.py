@@ -20,14 +20,10 @@ here is stopped by its pid at the end.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
-import re
 import shutil
 import signal
-import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -35,12 +31,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
-TIMEOUT = 120  # seconds any one wait (start, request, feeder, wrk) may take
+if __package__:  # imported as benchmarks.gunicorn (a `fastbody bench` command, say)
+    from . import harness
+else:  # run as a script: benchmarks/ is sys.path[0]
+    import harness
+GIB, MIB, SMALL, TICK, TIMEOUT = harness.GIB, harness.MIB, harness.SMALL, harness.TICK, harness.TIMEOUT
+
 APPS = Path(__file__).resolve().parent / "apps"
-TICK = os.sysconf("SC_CLK_TCK")
-FORK = multiprocessing.get_context("fork")
-SMALL = (KIB, 16 * KIB, MIB)
 
 
 @dataclass(frozen=True)
@@ -59,28 +56,12 @@ KINDS = (
 )
 
 
-def worker_cpu(pid: int) -> float:
-    """User+sys seconds of process ``pid`` (all its threads, dead ones included)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(child) for child in (task / "children").read_text().split()]
-    return found
-
-
 class Server:
     """One gunicorn master (a child of this process) and its single worker."""
 
     def __init__(self, kind: Kind, logs: Path) -> None:
         self.kind = kind
-        with socket.socket() as probe:  # a free port (a small race, fine on a quiet host)
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = harness.free_port()
         command = [sys.executable, "-m", "gunicorn", "--no-control-socket", "-w", "1", "-k", kind.worker]
         command += ["-b", f"127.0.0.1:{self.port}", "--timeout", str(TIMEOUT), "--graceful-timeout", "5"]
         command += ["--threads", str(kind.threads)] if kind.threads else []
@@ -93,10 +74,10 @@ class Server:
     def wait_ready(self) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and self.master.poll() is None:
-            workers = children(self.master.pid)
+            workers = harness.children(self.master.pid)
             if len(workers) == 1:
                 try:
-                    if fetch(self.port, "/ready")[0] == 404:
+                    if harness.fetch(self.port, "/ready")[0] == 404:
                         self.worker = workers[0]
                         return
                 except OSError:
@@ -105,107 +86,15 @@ class Server:
         raise RuntimeError(f"{self.kind.name} did not start:\n{self.log.read_text()[-2000:]}")
 
     def cpu(self) -> float:
-        if self.worker not in children(self.master.pid):
+        if self.worker not in harness.children(self.master.pid):
             raise RuntimeError(f"{self.kind.name}: worker {self.worker} is gone (killed at --timeout?)")
-        return worker_cpu(self.worker)
+        return harness.worker_cpu(self.worker)
 
     def stop(self) -> None:
-        if self.master.poll() is None:
-            self.master.terminate()
-            try:
-                self.master.wait(15)
-            except subprocess.TimeoutExpired:
-                self.master.kill()
-                self.master.wait(5)
+        harness.stop(self.master)
         alive = self.worker and Path(f"/proc/{self.worker}").exists()
         if alive and b"gunicorn" in Path(f"/proc/{self.worker}/cmdline").read_bytes():
             os.kill(self.worker, signal.SIGKILL)
-
-
-def fetch(port: int, target: str, expect: int | None = None) -> tuple[int, int, float]:
-    """GET ``target`` (Connection: close) and drain the body: (status, body bytes, seconds)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.settimeout(None)  # blocking recv_into, bounded by the kernel
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", TIMEOUT, 0))
-        start = time.perf_counter()
-        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
-        buffer = memoryview(bytearray(MIB))
-        head = b""
-        while b"\r\n\r\n" not in head and (got := sock.recv_into(buffer)):
-            head += bytes(buffer[:got])
-        head, _, rest = head.partition(b"\r\n\r\n")
-        total = len(rest)
-        while got := sock.recv_into(buffer):
-            total += got
-        seconds = time.perf_counter() - start
-    status = int(head.split(b" ", 2)[1]) if head else 0
-    length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
-    if expect is not None and (status != 200 or total != expect or not length or int(length[1]) != expect):
-        raise RuntimeError(f"GET {target}: status {status}, {total} body bytes, expected {expect}")
-    return status, total, seconds
-
-
-def feeder_main(listener: socket.socket, size: int) -> None:
-    """Write ``size`` bytes in 64 KiB chunks to the first connection, then close."""
-    conn = listener.accept()[0]
-    with conn:
-        conn.settimeout(TIMEOUT)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        data = memoryview(b"\xa5" * (64 * KIB))
-        for _ in range(size // len(data)):
-            conn.sendall(data)
-
-
-def measure(server: Server, target: str, size: int, feed: bool = False) -> tuple[float, float]:
-    """One request: (worker CPU seconds per GiB, MB/s)."""
-    listener, feeder = None, None
-    if feed:
-        listener = socket.create_server(("127.0.0.1", 0))
-        listener.settimeout(TIMEOUT)
-        target += f"&port={listener.getsockname()[1]}&size={size}"
-        feeder = FORK.Process(target=feeder_main, args=(listener, size), daemon=True)
-        feeder.start()
-    try:
-        before = server.cpu()
-        _, _, seconds = fetch(server.port, target, size)
-        time.sleep(0.05)  # the worker finishes closing the request
-        used = server.cpu() - before
-    finally:
-        if feeder is not None:
-            feeder.join(10)
-            if feeder.is_alive():
-                feeder.kill()
-                feeder.join()
-        if listener is not None:
-            listener.close()
-    return used * GIB / size, size / seconds / 1e6
-
-
-def run_wrk(server: Server, path: str, seconds: int) -> tuple[float, float, str]:
-    """wrk -t1 -c8: (requests/s, worker CPU µs per request, errors)."""
-    url = f"http://127.0.0.1:{server.port}/file?path={path}"
-    before = server.cpu()
-    command = ["wrk", "-t1", "-c8", f"-d{seconds}s", "--timeout", "10s", url]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
-    used = server.cpu() - before
-    rate = re.search(r"Requests/sec:\s*([\d.]+)", out)
-    count = re.search(r"(\d+) requests in", out)
-    if not rate or not count:
-        raise RuntimeError(f"wrk output not understood:\n{out}")
-    errors = [m.group(0) for m in re.finditer(r"(Socket errors:.*|Non-2xx or 3xx responses: \d+)", out)]
-    return float(rate[1]), used * 1e6 / max(int(count[1]), 1), "; ".join(errors) or "none"
-
-
-def make_file(directory: str, size: int) -> str:
-    path = os.path.join(directory, f"body-{size}.bin")
-    block = os.urandom(min(size, MIB))
-    with open(path, "wb") as file:
-        for offset in range(0, size, len(block)):
-            file.write(block[: size - offset])
-    with open(path, "rb") as file:  # read once so every run is served from the page cache
-        while file.read(MIB):
-            pass
-    return path
 
 
 @dataclass(frozen=True)
@@ -230,17 +119,13 @@ CASES = (
 )  # fmt: skip
 
 
-def verdict(label: str, ratio: float, ok: bool, expected: str) -> str:
-    return f"- {label}: {ratio:.2f} (expected {expected}) — {'held' if ok else 'DID NOT HOLD'}"
-
-
 def big_bodies(servers: list[Server], big: str, size: int, repeat: int, checks: list[str]) -> None:
     results: dict[str, dict[str, list[tuple[float, float]]]] = {c.key: {} for c in CASES}
     for index in range(repeat):  # interleaved, so drift and other load hit every server alike
         for case in CASES:
             for server in servers:
                 target = case.targets[bool(server.kind.baseline)].format(big=big)
-                run = measure(server, target, size, case.feed)
+                run = harness.measure(server, target, size, case.feed)
                 results[case.key].setdefault(server.kind.name, []).append(run)
                 note = f"[{index + 1}/{repeat}] {case.key} {server.kind.name}: {run[0]:.3f} s/GiB"
                 print(f"{note}, {run[1]:.0f} MB/s", file=sys.stderr, flush=True)
@@ -251,8 +136,9 @@ def big_bodies(servers: list[Server], big: str, size: int, repeat: int, checks: 
         cpu = {name: statistics.median(run[0] for run in name_runs) for name, name_runs in runs.items()}
         rate = {name: statistics.median(run[1] for run in name_runs) for name, name_runs in runs.items()}
         print(f"\n### {case.title.format(mib=size // MIB)}\n")
-        print("| server | body path | throughput MB/s | worker CPU s/GiB (min-max) | fastbody/stock |")
-        print("|---|---|---|---|---|")
+        harness.table(
+            "server", "body path", "throughput MB/s", "worker CPU s/GiB (min-max)", "fastbody/stock"
+        )
         for kind in KINDS:
             low, high = min(run[0] for run in runs[kind.name]), max(run[0] for run in runs[kind.name])
             versus, base = "baseline", kind.baseline
@@ -260,38 +146,39 @@ def big_bodies(servers: list[Server], big: str, size: int, repeat: int, checks: 
                 ratio = cpu[kind.name] / cpu[base]
                 versus = f"CPU {ratio:.2f}, MB/s {rate[kind.name] / rate[base]:.2f}"
                 label = f"{case.key}: {kind.name} CPU / {base} CPU"
-                checks.append(verdict(label, ratio, ratio <= case.limit, f"≤ {case.limit:.2f}"))
+                checks.append(harness.verdict(label, ratio, ratio <= case.limit, f"≤ {case.limit:.2f}"))
             cells = [kind.name, case.paths[bool(base)], f"{rate[kind.name]:.0f}"]
             cells += [f"{cpu[kind.name]:.3f} ({low:.3f}-{high:.3f})", versus]
-            print("| " + " | ".join(cells) + " |")
+            harness.row(*cells)
 
 
 def small_bodies(servers: list[Server], small: dict[int, str], seconds: int, checks: list[str]) -> None:
     print(f"\n### 3. wrk -t1 -c8 -d{seconds}s, files by file_wrapper (app sets Content-Length)\n")
     print("Both sync workers close every connection; the gthread ones (--threads 8) keep them alive.\n")
-    print("| body | server | requests/s | worker CPU µs/request | wrk errors | fastbody/stock req/s |")
-    print("|---|---|---|---|---|---|")
+    harness.table(
+        "body", "server", "requests/s", "worker CPU µs/request", "wrk errors", "fastbody/stock req/s"
+    )
     for body, path in small.items():
         rates: dict[str, float] = {}
-        label = f"{body // KIB} KiB" if body < MIB else f"{body // MIB} MiB"
+        label = harness.size_label(body)
         for server in servers:
-            rate, cpu, errors = run_wrk(server, path, seconds)
+            rate, cpu, errors = harness.run_wrk(server, f"/file?path={path}", seconds)
             rates[server.kind.name] = rate
             versus, base = "baseline", server.kind.baseline
             if base:
                 ratio = rate / rates[base]
                 versus = f"{ratio:.2f}"
                 name = f"{label}: {server.kind.name} req/s / {base}"
-                checks.append(verdict(name, ratio, ratio >= 1.0, "≥ 1.00"))
+                checks.append(harness.verdict(name, ratio, ratio >= 1.0, "≥ 1.00"))
             cells = [label, server.kind.name, f"{rate:.0f}", f"{cpu:.0f}", errors, versus]
-            print("| " + " | ".join(cells) + " |", flush=True)
+            harness.row(*cells, flush=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64 MiB bodies, 3-second wrk runs")
     parser.add_argument("--repeat", type=int, default=5, help="requests per big-body cell; medians shown")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     size, wrk_seconds = (64 * MIB, 3) if args.quick else (GIB, 10)
     install = "apt-get update && apt-get install -y wrk"
     if shutil.which("wrk") is None:
@@ -300,8 +187,8 @@ def main() -> None:
     servers: list[Server] = []
     checks: list[str] = []
     try:
-        big = make_file(workdir, size)
-        small = {body: make_file(workdir, body) for body in SMALL}
+        big = harness.make_file(workdir, size)
+        small = {body: harness.make_file(workdir, body) for body in SMALL}
         servers = [Server(kind, Path(workdir)) for kind in KINDS]
         for server in servers:
             server.wait_ready()

@@ -1,0 +1,183 @@
+"""What the server benchmarks share: CPU from /proc, a raw-socket client, a feeder, wrk, tables.
+
+The benchmarks (``gunicorn.py``, ``uvicorn.py``) start real servers as child processes on
+127.0.0.1 and measure, from this process, the server's own CPU (user+sys of the process that
+serves, from ``/proc/PID/stat``, all its threads, dead ones included) around each request or
+wrk run. A server is anything with a ``port`` and a ``cpu()`` (see ``Measured``). Every wait
+here is bounded by ``TIMEOUT``; processes started here are stopped by their pid.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+from typing import Protocol
+
+KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
+TIMEOUT = 120  # seconds any one wait (start, request, feeder, wrk) may take
+TICK = os.sysconf("SC_CLK_TCK")
+FORK = multiprocessing.get_context("fork")
+SMALL = (KIB, 16 * KIB, MIB)  # the wrk body sizes
+
+
+class Measured(Protocol):
+    """A server under test: where it listens and the CPU seconds its serving process used so far."""
+
+    port: int
+
+    def cpu(self) -> float: ...
+
+
+def worker_cpu(pid: int) -> float:
+    """User+sys seconds of process ``pid`` (all its threads, dead ones included)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def free_port() -> int:
+    """A free port on 127.0.0.1 (a small race, fine on a quiet host)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def stop(process: subprocess.Popen[bytes], grace: float = 15) -> None:
+    """Terminate a child by its pid, kill it if it lingers past ``grace`` seconds, reap it."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def fetch(port: int, target: str, expect: int | None = None) -> tuple[int, int, float]:
+    """GET ``target`` (Connection: close) and drain the body: (status, body bytes, seconds)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.settimeout(None)  # blocking recv_into, bounded by the kernel
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", TIMEOUT, 0))
+        start = time.perf_counter()
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+        buffer = memoryview(bytearray(MIB))
+        head = b""
+        while b"\r\n\r\n" not in head and (got := sock.recv_into(buffer)):
+            head += bytes(buffer[:got])
+        head, _, rest = head.partition(b"\r\n\r\n")
+        total = len(rest)
+        while got := sock.recv_into(buffer):
+            total += got
+        seconds = time.perf_counter() - start
+    status = int(head.split(b" ", 2)[1]) if head else 0
+    length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+    if expect is not None and (status != 200 or total != expect or not length or int(length[1]) != expect):
+        raise RuntimeError(f"GET {target}: status {status}, {total} body bytes, expected {expect}")
+    return status, total, seconds
+
+
+def get_text(port: int, target: str) -> tuple[int, str]:
+    """GET a small ``target`` (Connection: close): (status, body as text)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+        response = b""
+        while data := sock.recv(64 * KIB):
+            response += data
+    head, _, body = response.partition(b"\r\n\r\n")
+    return (int(head.split(b" ", 2)[1]) if head else 0), body.decode(errors="replace")
+
+
+def feeder_main(listener: socket.socket, size: int) -> None:
+    """Write ``size`` bytes in 64 KiB chunks to the first connection, then close."""
+    conn = listener.accept()[0]
+    with conn:
+        conn.settimeout(TIMEOUT)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        data = memoryview(b"\xa5" * (64 * KIB))
+        for _ in range(size // len(data)):
+            conn.sendall(data)
+
+
+def measure(server: Measured, target: str, size: int, feed: bool = False) -> tuple[float, float]:
+    """One request: (server CPU seconds per GiB, MB/s). ``feed``: a feeder process listens and
+    will write ``size`` bytes to whoever connects; the target gets ``&port=N&size=S``."""
+    listener, feeder = None, None
+    if feed:
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(TIMEOUT)
+        target += f"&port={listener.getsockname()[1]}&size={size}"
+        feeder = FORK.Process(target=feeder_main, args=(listener, size), daemon=True)
+        feeder.start()
+    try:
+        before = server.cpu()
+        _, _, seconds = fetch(server.port, target, size)
+        time.sleep(0.05)  # the worker finishes closing the request
+        used = server.cpu() - before
+    finally:
+        if feeder is not None:
+            feeder.join(10)
+            if feeder.is_alive():
+                feeder.kill()
+                feeder.join()
+        if listener is not None:
+            listener.close()
+    return used * GIB / size, size / seconds / 1e6
+
+
+def run_wrk(server: Measured, target: str, seconds: int) -> tuple[float, float, str]:
+    """wrk -t1 -c8 on ``target``: (requests/s, server CPU µs per request, errors)."""
+    url = f"http://127.0.0.1:{server.port}{target}"
+    before = server.cpu()
+    command = ["wrk", "-t1", "-c8", f"-d{seconds}s", "--timeout", "10s", url]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    used = server.cpu() - before
+    rate = re.search(r"Requests/sec:\s*([\d.]+)", out)
+    count = re.search(r"(\d+) requests in", out)
+    if not rate or not count:
+        raise RuntimeError(f"wrk output not understood:\n{out}")
+    errors = [m.group(0) for m in re.finditer(r"(Socket errors:.*|Non-2xx or 3xx responses: \d+)", out)]
+    return float(rate[1]), used * 1e6 / max(int(count[1]), 1), "; ".join(errors) or "none"
+
+
+def make_file(directory: str, size: int) -> str:
+    path = os.path.join(directory, f"body-{size}.bin")
+    block = os.urandom(min(size, MIB))
+    with open(path, "wb") as file:
+        for offset in range(0, size, len(block)):
+            file.write(block[: size - offset])
+    with open(path, "rb") as file:  # read once so every run is served from the page cache
+        while file.read(MIB):
+            pass
+    return path
+
+
+def size_label(size: int) -> str:
+    return f"{size // KIB} KiB" if size < MIB else f"{size // MIB} MiB"
+
+
+def verdict(label: str, ratio: float, ok: bool, expected: str) -> str:
+    return f"- {label}: {ratio:.2f} (expected {expected}) — {'held' if ok else 'DID NOT HOLD'}"
+
+
+def table(*columns: str) -> None:
+    """Print a Markdown table's head."""
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+
+
+def row(*cells: str, flush: bool = False) -> None:
+    print("| " + " | ".join(cells) + " |", flush=flush)
