@@ -143,8 +143,8 @@ def big_bodies(servers: list[Server], big: str, size: int, repeat: int, checks: 
             low, high = min(run[0] for run in runs[kind.name]), max(run[0] for run in runs[kind.name])
             versus, base = "baseline", kind.baseline
             if base:
-                ratio = cpu[kind.name] / cpu[base]
-                versus = f"CPU {ratio:.2f}, MB/s {rate[kind.name] / rate[base]:.2f}"
+                ratio = harness.ratio(cpu[kind.name], cpu[base])
+                versus = f"CPU {ratio:.2f}, MB/s {harness.ratio(rate[kind.name], rate[base]):.2f}"
                 label = f"{case.key}: {kind.name} CPU / {base} CPU"
                 checks.append(harness.verdict(label, ratio, ratio <= case.limit, f"≤ {case.limit:.2f}"))
             cells = [kind.name, case.paths[bool(base)], f"{rate[kind.name]:.0f}"]
@@ -166,7 +166,7 @@ def small_bodies(servers: list[Server], small: dict[int, str], seconds: int, che
             rates[server.kind.name] = rate
             versus, base = "baseline", server.kind.baseline
             if base:
-                ratio = rate / rates[base]
+                ratio = harness.ratio(rate, rates[base])
                 versus = f"{ratio:.2f}"
                 name = f"{label}: {server.kind.name} req/s / {base}"
                 checks.append(harness.verdict(name, ratio, ratio >= 1.0, "≥ 1.00"))
@@ -177,9 +177,12 @@ def small_bodies(servers: list[Server], small: dict[int, str], seconds: int, che
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64 MiB bodies, 3-second wrk runs")
+    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # smoke tests: 4 MiB, 1 s
     parser.add_argument("--repeat", type=int, default=5, help="requests per big-body cell; medians shown")
     args = parser.parse_args(argv)
     size, wrk_seconds = (64 * MIB, 3) if args.quick else (GIB, 10)
+    if args.tiny:
+        size, wrk_seconds = 4 * MIB, 1
     install = "apt-get update && apt-get install -y wrk"
     if shutil.which("wrk") is None:
         print(f"wrk not found (install it: `{install}`); skipping the wrk rows.", file=sys.stderr)

@@ -169,6 +169,11 @@ def size_label(size: int) -> str:
     return f"{size // KIB} KiB" if size < MIB else f"{size // MIB} MiB"
 
 
+def ratio(numerator: float, denominator: float) -> float:
+    """``numerator / denominator``; inf when the denominator measured nothing (a run under one tick)."""
+    return numerator / denominator if denominator else float("inf")
+
+
 def verdict(label: str, ratio: float, ok: bool, expected: str) -> str:
     return f"- {label}: {ratio:.2f} (expected {expected}) — {'held' if ok else 'DID NOT HOLD'}"
 

@@ -310,10 +310,6 @@ def percentile(values: list[float], fraction: float) -> float:
 # The report
 
 
-def ratio(numerator: float, denominator: float) -> float:
-    return numerator / denominator if denominator else float("inf")
-
-
 def big_bodies(
     servers: list[Server], raw: RawSendfile, big: str, size: int, repeat: int, checks: list[str]
 ) -> None:
@@ -357,12 +353,15 @@ def big_bodies(
         harness.table(*columns, *(["CPU vs raw sendfile"] if RAW in runs else []))
         for name, name_runs in runs.items():
             low, high = min(run[0] for run in name_runs), max(run[0] for run in name_runs)
-            versus = "baseline" if name == STOCK else f"{ratio(cpu[name], cpu[STOCK]):.3f}"
+            versus = "baseline" if name == STOCK else f"{harness.ratio(cpu[name], cpu[STOCK]):.3f}"
             cells = [name, paths[key][name], f"{rate[name]:.0f}", f"{cpu[name]:.3f} ({low:.3f}-{high:.3f})"]
-            cells += [versus, *([f"{ratio(cpu[name], cpu[RAW]):.2f}"] if RAW in runs else [])]
+            cells += [versus, *([f"{harness.ratio(cpu[name], cpu[RAW]):.2f}"] if RAW in runs else [])]
             harness.row(*cells)
         if key == "file":
-            versus_stock, versus_raw = ratio(cpu[FASTBODY], cpu[STOCK]), ratio(cpu[FASTBODY], cpu[RAW])
+            versus_stock, versus_raw = (
+                harness.ratio(cpu[FASTBODY], cpu[STOCK]),
+                harness.ratio(cpu[FASTBODY], cpu[RAW]),
+            )
             label = "FileResponse: fastbody CPU/GiB ÷ stock CPU/GiB"
             checks.append(harness.verdict(label, versus_stock, versus_stock <= 1 / 20, "≤ 0.05, 20x lower"))
             label = "FileResponse: fastbody CPU/GiB ÷ raw os.sendfile CPU/GiB"
@@ -398,8 +397,8 @@ def small_bodies(
             low, high = min(run[0] for run in cell), max(run[0] for run in cell)
             versus = "baseline"
             if server.name == FASTBODY:
-                versus = f"{ratio(rates[FASTBODY], rates[STOCK]):.2f}"
-                verdict = ratio(rates[FASTBODY], rates[STOCK])
+                versus = f"{harness.ratio(rates[FASTBODY], rates[STOCK]):.2f}"
+                verdict = harness.ratio(rates[FASTBODY], rates[STOCK])
                 name = f"{label} FileResponse: fastbody req/s ÷ stock req/s"
                 checks.append(harness.verdict(name, verdict, verdict >= 1.0, "≥ 1.00"))
             cells = [label, server.name, f"{rates[server.name]:.0f} ({low:.0f}-{high:.0f})", f"{cpu:.0f}"]
@@ -446,11 +445,14 @@ def many_downloads(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64 MiB bodies, 3-second wrk runs, 50 x 4 MiB")
+    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # smoke tests: 4 MiB, 1 s
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds; medians shown")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="both servers' loop")
     args = parser.parse_args(argv)
     size, wrk_seconds = (64 * MIB, 3) if args.quick else (GIB, 10)
     crowd_size, crowd_count = (4 * MIB, 50) if args.quick else (16 * MIB, 200)
+    if args.tiny:
+        size, wrk_seconds, crowd_size, crowd_count = 4 * MIB, 1, MIB, 10
     install = "apt-get update && apt-get install -y wrk"
     if shutil.which("wrk") is None:
         print(f"wrk not found (install it: `{install}`); skipping the wrk rows.", file=sys.stderr)

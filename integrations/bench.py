@@ -49,7 +49,7 @@ class Row:
     cpu_s_per_gib: float
 
 
-def run_bench(*, quick: bool, out: Path) -> None:
+def run_bench(*, quick: bool, out: Path, tiny: bool = False) -> None:
     if not BENCHMARKS.is_dir():
         raise UsageError(f"needs the benchmarks/ of a source checkout (looked in {BENCHMARKS})")
     try:
@@ -62,7 +62,7 @@ def run_bench(*, quick: bool, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     sections: list[str] = []
     for index, bench in enumerate(suite):
-        output = _run(bench, quick, index, len(suite))
+        output = _run(bench, quick, tiny, index, len(suite))
         sections.append(f"## {bench.title} (`benchmarks/{bench.script}`)\n\n{output.strip()}\n")
     report = "# fastbody bench\n\n" + _machine() + "\n".join(sections)
     (out / "results.md").write_text(report)
@@ -72,9 +72,10 @@ def run_bench(*, quick: bool, out: Path) -> None:
     print(f"fastbody bench: wrote {out / 'results.md'} and {out / 'results.png'}", file=sys.stderr)
 
 
-def _run(bench: Benchmark, quick: bool, index: int, total: int) -> str:
+def _run(bench: Benchmark, quick: bool, tiny: bool, index: int, total: int) -> str:
     """Run one benchmark, drawing a progress bar from the lines it prints on stderr."""
-    command = [sys.executable, str(BENCHMARKS / bench.script), *(bench.quick if quick else bench.full)]
+    arguments = ("--tiny", "--repeat", "1") if tiny else bench.quick if quick else bench.full
+    command = [sys.executable, str(BENCHMARKS / bench.script), *arguments]
     limit = QUICK_LIMIT * 3 if quick else bench.limit
     started = time.monotonic()
     with subprocess.Popen(

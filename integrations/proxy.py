@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 from urllib.parse import quote
 
@@ -33,6 +33,7 @@ from .upstream import (
     Framing,
     Upstream,
     UpstreamError,
+    bytes_consumed,
     forwarded_headers,
     read_chunk_end,
     read_chunk_header,
@@ -137,8 +138,11 @@ class ReverseProxy(_Settings):
         super().__init__(upstream, **options)
         self.pool = AsyncPool(self.upstream, self.max_idle, self.connect_timeout)
 
-    async def __call__(
-        self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]
+    async def __call__(  # the ASGI 3 signature, as Starlette's and uvicorn's types spell it
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
     ) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
@@ -158,7 +162,7 @@ class ReverseProxy(_Settings):
                 return
 
     async def _http(
-        self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]
+        self, scope: MutableMapping[str, Any], receive: Callable[..., Any], send: Callable[..., Any]
     ) -> None:
         headers: Headers = list(scope["headers"])
         if wants_upgrade(headers):
@@ -180,13 +184,23 @@ class ReverseProxy(_Settings):
             return
         except _ClientGone:
             return
+        try:
+            body = response_framing(scope["method"], response.status_code, list(response.headers.raw_items()))
+            # A chunked body's first size line is read before the head goes out: a bad one is
+            # still a 502 (after the head, the client could only be told by a closed connection).
+            first = await run_async(read_chunk_header(), sock, self.response_timeout) if body.chunked else 0
+        except (UpstreamError, OSError) as error:
+            sock.close()
+            failure = _upstream_failure(error, self.response_timeout)
+            log.error("proxy: %s %s: %s", scope["method"], target.decode("latin-1"), failure)
+            await self._error(send, failure.status, str(failure))
+            return
         reusable = False
         watch = _DisconnectWatch(receive)
         try:
-            body = response_framing(scope["method"], response.status_code, list(response.headers.raw_items()))
             start = {"type": "http.response.start", "status": response.status_code}
             await send({**start, "headers": strip_hop_by_hop(list(response.headers.raw_items()))})
-            reusable = await self._body(sock, body, scope, send, watch.gone) and _reusable(response)
+            reusable = await self._body(sock, body, first, scope, send, watch.gone) and _reusable(response)
         except UpstreamError as error:
             # The head is out: the client can only be told by closing its connection.
             log.error(
@@ -206,9 +220,7 @@ class ReverseProxy(_Settings):
         for attempt in range(2):
             sock, reused = await self.pool.acquire()
             try:
-                await asyncio.wait_for(
-                    self._request(loop, sock, conn, head, framing, receive), self.response_timeout
-                )
+                await self._request(loop, sock, conn, head, framing, receive)
                 response = await run_async(read_head(conn), sock, self.response_timeout)
                 return sock, response
             except (asyncio.TimeoutError, TimeoutError):
@@ -239,7 +251,13 @@ class ReverseProxy(_Settings):
         framing: Framing,
         receive: Callable[..., Any],
     ) -> None:
-        await loop.sock_sendall(sock, head)
+        async def write(data: bytes) -> None:
+            # The upstream must accept what it is sent within response_timeout; a slow client
+            # uploading a big body is not the upstream's delay.
+            if data:
+                await asyncio.wait_for(loop.sock_sendall(sock, data), self.response_timeout)
+
+        await write(head)
         more = framing.kind is not BodyKind.NONE
         while more:
             message = await receive()
@@ -247,14 +265,15 @@ class ReverseProxy(_Settings):
                 raise _ClientGone
             more = bool(message.get("more_body", False))
             if data := message.get("body", b""):
-                await loop.sock_sendall(sock, conn.send(h11.Data(data=data)) or b"")
-        await loop.sock_sendall(sock, conn.send(h11.EndOfMessage()) or b"")
+                await write(conn.send(h11.Data(data=data)) or b"")
+        await write(conn.send(h11.EndOfMessage()) or b"")
 
     async def _body(
         self,
         sock: socket.socket,
         framing: Framing,
-        scope: dict[str, Any],
+        first_chunk: int,
+        scope: MutableMapping[str, Any],
         send: Callable[..., Any],
         client_gone: Callable[[], bool],
     ) -> bool:
@@ -265,17 +284,38 @@ class ReverseProxy(_Settings):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return True
         if framing.kind is BodyKind.LENGTH:
-            return await self._forward(sock, framing.length, zero_copy, send, more_body=False)
+            return await self._forward_exactly(sock, framing.length, zero_copy, send, more_body=False)
         if framing.kind is BodyKind.CLOSE:
             await self._forward(sock, None, zero_copy, send, more_body=False)
             return False
-        while size := await run_async(read_chunk_header(), sock, timeout):
-            if not await self._forward(sock, size, zero_copy, send, more_body=True) or client_gone():
+        size = first_chunk
+        while size:
+            if not await self._forward_exactly(sock, size, zero_copy, send, more_body=True) or client_gone():
                 return False  # the chunk was not all sent: what follows in the socket is not a size line
             await run_async(read_chunk_end(), sock, timeout)
+            size = await run_async(read_chunk_header(), sock, timeout)
         await run_async(read_trailers(), sock, timeout)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return True
+
+    async def _forward_exactly(
+        self,
+        sock: socket.socket,
+        count: int,
+        zero_copy: bool,
+        send: Callable[..., Any],
+        *,
+        more_body: bool,
+    ) -> bool:
+        """``_forward`` of ``count`` bytes, True only if exactly that many left the upstream
+        socket. A server drops a zero-copy message once the client has gone (``send`` returns
+        as if it had sent): the bytes then still wait in the socket (or are on their way), and
+        the connection must be closed, not pooled, nor its next bytes read as a chunk size."""
+        before = bytes_consumed(sock)
+        if not await self._forward(sock, count, zero_copy, send, more_body=more_body):
+            return False
+        after = bytes_consumed(sock)
+        return before is not None and after is not None and after - before == count
 
     async def _forward(
         self,
@@ -339,6 +379,15 @@ class _DisconnectWatch:
         self.waiting.cancel()
 
 
+def _upstream_failure(error: BaseException, timeout: float) -> UpstreamError:
+    """What an error while reading the upstream's response (before the head went out) tells the client."""
+    if isinstance(error, UpstreamError):
+        return error
+    if isinstance(error, TimeoutError):
+        return UpstreamError(f"no response from upstream within {timeout} s", 504)
+    return UpstreamError(f"upstream connection failed: {error}")
+
+
 def _request_fields(head: bytes) -> dict[str, Any]:
     """The fields of a request head we built (to rebuild it for a retry on a new connection)."""
     parser = h11.Connection(h11.SERVER)
@@ -374,10 +423,18 @@ class WSGIReverseProxy(_Settings):
         head, framing = self.request_head(conn, method, target, headers, client, environ["wsgi.url_scheme"])
         try:
             sock, response = self._exchange(conn, head, framing, environ["wsgi.input"])
-            body = response_framing(method, response.status_code, list(response.headers.raw_items()))
         except UpstreamError as error:
             log.error("proxy: %s %s: %s", method, target.decode("latin-1"), error)
             return self._error(start_response, error.status, str(error))
+        try:
+            body = response_framing(method, response.status_code, list(response.headers.raw_items()))
+            # As in ReverseProxy: a bad first chunk-size line is a 502, before the head goes out.
+            first = run_blocking(read_chunk_header(), sock, self.response_timeout) if body.chunked else 0
+        except (UpstreamError, OSError) as error:
+            sock.close()
+            failure = _upstream_failure(error, self.response_timeout)
+            log.error("proxy: %s %s: %s", method, target.decode("latin-1"), failure)
+            return self._error(start_response, failure.status, str(failure))
         status = f"{response.status_code} {response.reason.decode('latin-1') or 'Unknown'}"
         start_response(
             status, [(n.decode("latin-1"), v.decode("latin-1")) for n, v in _response_headers(response)]
@@ -387,7 +444,7 @@ class WSGIReverseProxy(_Settings):
             self.pool.release(sock, reusable)
             return []
         if body.kind is BodyKind.CHUNKED:
-            return self._chunks(sock, reusable)
+            return self._chunks(sock, first, reusable)
         source = _UpstreamBody(
             sock, self.pool, body.length if body.kind is BodyKind.LENGTH else None, reusable
         )
@@ -430,12 +487,13 @@ class WSGIReverseProxy(_Settings):
                 raise
         raise AssertionError("unreachable")
 
-    def _chunks(self, sock: socket.socket, reusable: bool) -> Iterator[bytes]:
+    def _chunks(self, sock: socket.socket, size: int, reusable: bool) -> Iterator[bytes]:
         clean = False
         try:
-            while size := run_blocking(read_chunk_header(), sock, self.response_timeout):
+            while size:
                 yield from _read_exactly(sock, size)
                 run_blocking(read_chunk_end(), sock, self.response_timeout)
+                size = run_blocking(read_chunk_header(), sock, self.response_timeout)
             run_blocking(read_trailers(), sock, self.response_timeout)
             clean = True
         finally:
@@ -456,6 +514,7 @@ class _UpstreamBody:
     def __init__(self, sock: socket.socket, pool: BlockingPool, length: int | None, reusable: bool) -> None:
         self.sock, self.pool, self.left, self.reusable = sock, pool, length, reusable
         self.read_count = 0
+        self.start = bytes_consumed(sock)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -467,8 +526,12 @@ class _UpstreamBody:
         return data
 
     def close(self) -> None:
+        """Back to the pool only if exactly the body's bytes left the socket: a client that went
+        away mid-body (the server stops splicing) leaves the rest unread or still arriving."""
         if self.sock.fileno() >= 0:
-            self.pool.release(self.sock, self.reusable and self.left is not None)
+            now = bytes_consumed(self.sock)
+            exact = self.start is not None and now is not None and now - self.start == self.left
+            self.pool.release(self.sock, self.reusable and self.left is not None and exact)
 
 
 def _read_exactly(sock: socket.socket, size: int) -> Iterator[bytes]:

@@ -1,0 +1,241 @@
+"""The ``fastbody`` command through real subprocesses (``python -m fastbody``): serve a directory,
+proxy a real upstream, bench, bad arguments, and SIGTERM leaving no process behind."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("uvicorn")
+
+from servers import MIB, free_port, wait_until  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Command:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def fastbody(*args: str, tmp: Path) -> Command:
+    """Start ``python -m fastbody ARGS --port P`` and wait until it accepts connections."""
+    port = free_port()
+    log = tmp / f"fastbody-{port}.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fastbody", *args, "--port", str(port)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the test can find every child
+        )
+    command = Command(process, port, log)
+    wait_until(lambda: _accepts(port) or process.poll() is not None, 30, f"fastbody {args[0]} up")
+    assert process.poll() is None, command.output()
+    return command
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def terminate(command: Command) -> str:
+    """SIGTERM the command; it must exit by itself, leaving no process of its group behind."""
+    group = os.getpgid(command.process.pid)
+    command.process.send_signal(signal.SIGTERM)
+    try:
+        command.process.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(group, signal.SIGKILL)
+        raise AssertionError(f"did not exit on SIGTERM:\n{command.output()}") from None
+    wait_until(lambda: not _group_alive(group), 10, "no process of the command left")
+    return command.output()
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[tuple[Path, bytes]]:
+    """A directory to serve (a 16 MiB file, a subdirectory, a symlink leading out) and a secret
+    file beside it that must never be served."""
+    root = tmp_path / "site"
+    (root / "sub").mkdir(parents=True)
+    data = os.urandom(16 * MIB)
+    (root / "big.bin").write_bytes(data)
+    (root / "sub" / "small.txt").write_text("small\n")
+    (tmp_path / "secret.txt").write_text("secret\n")
+    (root / "out.txt").symlink_to(tmp_path / "secret.txt")
+    yield root, data
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
+def test_serve_a_directory(site: tuple[Path, bytes], tmp_path: Path, server: str) -> None:
+    root, data = site
+    command = fastbody("serve", str(root), "--server", server, "--workers", "2", tmp=tmp_path)
+    try:
+        with httpx.Client(timeout=30) as client:
+            got = client.get(f"{command.url}/big.bin")
+            assert (got.status_code, sha(got.content)) == (200, sha(data))
+            assert got.headers["content-length"] == str(len(data))
+            ranged = client.get(f"{command.url}/big.bin", headers={"Range": "bytes=100-199"})
+            assert (ranged.status_code, ranged.content) == (206, data[100:200])
+            etag = got.headers["etag"]
+            assert client.get(f"{command.url}/big.bin", headers={"If-None-Match": etag}).status_code == 304
+            assert client.get(f"{command.url}/sub/small.txt").text == "small\n"
+    finally:
+        output = terminate(command)
+    assert "zero-copy on this machine: sendfile yes" in output
+    moved = [
+        int(line.split("sendfile ")[1].split(",")[0]) for line in output.splitlines() if "bytes moved" in line
+    ]
+    assert sum(moved) >= len(data), output  # every worker reports when it stops
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/sub/",
+        "/../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/sub/..%2f..%2fsecret.txt",
+        "/out.txt",
+        "/%2fetc/passwd",
+    ],
+)
+def test_serve_never_escapes_or_lists(site: tuple[Path, bytes], tmp_path: Path, path: str) -> None:
+    root, _ = site
+    command = fastbody("serve", str(root), tmp=tmp_path)
+    try:
+        with socket.create_connection(("127.0.0.1", command.port), timeout=10) as client:
+            client.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            answer = b""
+            while data := client.recv(65536):
+                answer += data
+        assert answer.startswith(b"HTTP/1.1 404"), answer[:200]
+        assert b"secret" not in answer
+    finally:
+        terminate(command)
+
+
+def test_proxy_to_a_real_upstream(tmp_path: Path) -> None:
+    data = os.urandom(8 * MIB)
+    (tmp_path / "up").mkdir()
+    (tmp_path / "up" / "blob.bin").write_bytes(data)
+    port = free_port()
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=tmp_path / "up",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: _accepts(port), 30, "upstream up")
+        command = fastbody("proxy", f"http://127.0.0.1:{port}", tmp=tmp_path)
+        try:
+            got = httpx.get(f"{command.url}/blob.bin", timeout=30)
+            assert (got.status_code, sha(got.content)) == (200, sha(data))
+            assert httpx.get(f"{command.url}/missing", timeout=30).status_code == 404
+        finally:
+            output = terminate(command)
+        line = next(line for line in output.splitlines() if "bytes moved" in line)
+        assert int(line.split("splice ")[1].split(",")[0]) >= len(data), line
+    finally:
+        upstream.terminate()
+        upstream.wait(10)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fastbody", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.parametrize("command", [[], ["serve"], ["proxy"], ["bench"]])
+def test_help(command: list[str]) -> None:
+    done = _run(*command, "--help")
+    assert done.returncode == 0
+    assert "usage: fastbody" in done.stdout
+
+
+def test_bad_arguments_give_one_line(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        taken = busy.getsockname()[1]
+        closed = free_port()
+        cases = {
+            ("serve", str(tmp_path / "missing")): "no such directory",
+            ("serve", str(tmp_path), "--port", str(taken)): "already in use",
+            ("serve", str(tmp_path), "--port", "99999"): "not a port",
+            ("proxy", f"http://127.0.0.1:{closed}"): "unreachable",
+            ("proxy", "ftp://example.org"): "http:// URL",
+            ("serve", str(tmp_path), "--workers", "0"): "at least 1",
+            ("frobnicate",): "invalid choice",
+        }
+        for args, message in cases.items():
+            done = _run(*args)
+            assert done.returncode == 2, (args, done.stderr)
+            assert message in done.stderr, (args, done.stderr)
+            assert len(done.stderr.strip().splitlines()) == 1, (args, done.stderr)
+            assert "Traceback" not in done.stderr
+
+
+def test_bench_writes_a_table_and_a_chart(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "results"
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "fastbody", "bench", "--tiny", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (out / "results.md").read_text()
+    assert "| fastbody uvicorn |" in report and "| stock uvicorn |" in report
+    assert "s/GiB" in report
+    chart = (out / "results.png").read_bytes()
+    assert chart.startswith(b"\x89PNG\r\n\x1a\n") and len(chart) > 10_000
+    import matplotlib.image
+
+    assert matplotlib.image.imread(out / "results.png").shape[0] > 200  # decodes as an image
+    assert time.monotonic() - started < 600
