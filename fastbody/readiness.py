@@ -48,15 +48,17 @@ async def apending(source: object, timeout: float | None, sent: int = 0) -> int:
 
 def buffered(source: object) -> bytes:
     """The bytes a buffered reader already holds in Python (without waiting for more)."""
-    read1 = getattr(source, "read1", None)
-    if read1 is None or getattr(source, "peek", None) is None:
+    read1, peek = getattr(source, "read1", None), getattr(source, "peek", None)
+    if read1 is None or peek is None:
         return b""
     with syscalls.nonblocking(_fd(source)):
         try:
-            data = read1(1 << 16)
+            # What the buffer holds; when empty, peek makes one read of at most the buffer's
+            # size (never more), which cannot wait on a non-blocking fd.
+            held = peek(1)
         except BlockingIOError:
             return b""
-    return bytes(data or b"")
+        return bytes(read1(len(held))) if held else b""
 
 
 def _size(fd: int, sent: int) -> int:

@@ -261,6 +261,8 @@ class _ZeroCopyCycle:
             raise
 
     async def _send_piece(self, source: Any, offset: int | None, count: int) -> None:
+        if self.disconnected:  # gone while we waited for the source: h11 can frame no more
+            raise fastbody.PeerClosedError.make(None, "the client went away", 0)
         prefix, suffix = self._frame(count)
         if prefix:
             self.transport.write(prefix)
