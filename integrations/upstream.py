@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import fcntl
 import os
 import select
 import socket
+import struct
+import termios
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -102,6 +105,10 @@ class BodyKind(enum.Enum):
 class Framing:
     kind: BodyKind
     length: int = 0
+
+    @property
+    def chunked(self) -> bool:
+        return self.kind is BodyKind.CHUNKED
 
 
 def request_framing(headers: list[tuple[bytes, bytes]]) -> Framing:
@@ -214,10 +221,32 @@ def read_through(terminator: bytes, limit: int, what: str) -> Step:
         taken += yield Take(len(seen))
 
 
+def framing_fields(head: bytes) -> None:
+    """Refuse repeated framing fields in a raw head: h11 silently merges identical duplicate
+    ``Content-Length`` fields (and ``5, 5``), which a proxy must not forward as if unambiguous."""
+    lengths = encodings = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon:
+            continue
+        name = name.strip().lower()
+        if name == b"content-length":
+            lengths += 1
+            if b"," in value:
+                raise UpstreamError("upstream sent a Content-Length list")
+        elif name == b"transfer-encoding":
+            encodings += 1
+    if lengths > 1:
+        raise UpstreamError("upstream sent duplicate Content-Length fields")
+    if encodings > 1:
+        raise UpstreamError("upstream sent duplicate Transfer-Encoding fields")
+
+
 def read_head(conn: h11.Connection) -> Generator[Peek | Take, bytes, h11.Response]:
     """The response head (1xx informational heads skipped), parsed by h11."""
     while True:
         head = yield from read_through(b"\r\n\r\n", MAX_HEAD, "response head")
+        framing_fields(head)
         conn.receive_data(head)
         try:
             event = conn.next_event()
@@ -303,6 +332,38 @@ def _poll(sock: socket.socket, timeout: float | None) -> bool:
     return bool(poller.poll(None if timeout is None else timeout * 1000))
 
 
+_TCPI_BYTES_RECEIVED = 128
+"""Offset of ``tcpi_bytes_received`` (u64, Linux >= 4.1) in ``struct tcp_info``."""
+
+
+def bytes_consumed(sock: socket.socket) -> int | None:
+    """Bytes this side has read off the connection so far, by whoever read them (recv here,
+    splice in the server): what the peer's data advanced the stream by, minus what still
+    waits unread. ``None`` when the kernel cannot say. The one way to know, whatever server
+    moved a body, that exactly the body's bytes were consumed: the connection is then clean."""
+    # The two counts are read apart while bytes may still arrive: they agree only when the
+    # stream did not advance between two readings of what was received, around the unread count.
+    try:
+        received = _bytes_received(sock)
+        for _ in range(100):
+            unread = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+            again = _bytes_received(sock)
+            if received is None or again == received:
+                return None if received is None else received - int(unread)
+            received = again
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _bytes_received(sock: socket.socket) -> int | None:
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    if len(info) < _TCPI_BYTES_RECEIVED + 8:
+        return None
+    received: int = struct.unpack_from("Q", info, _TCPI_BYTES_RECEIVED)[0]
+    return received
+
+
 def idle_and_clean(sock: socket.socket) -> bool:
     """Whether a kept-alive upstream connection may carry another request: nothing unread and
     not closed (a readable idle connection has either stray bytes or its end)."""
@@ -326,12 +387,14 @@ class _Pool:
     def _reusable(self) -> socket.socket | None:
         if self._pid != os.getpid():  # forked: the parent's connections are not ours
             self._idle, self._pid = [], os.getpid()
-        while self._idle:
-            sock = self._idle.pop()
+        while True:
+            try:
+                sock = self._idle.pop()  # atomic: gthread workers acquire from several threads
+            except IndexError:
+                return None
             if idle_and_clean(sock):
                 return sock
             sock.close()
-        return None
 
     def release(self, sock: socket.socket, reusable: bool) -> None:
         if reusable and len(self._idle) < self.max_idle and idle_and_clean(sock):

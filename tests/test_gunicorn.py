@@ -19,7 +19,6 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("gunicorn")
 
-from fastbody.integrations.gunicorn import Framing, frame  # noqa: E402
 from servers import (  # noqa: E402
     MIB,
     Server,
@@ -32,6 +31,8 @@ from servers import (  # noqa: E402
     stop,
     wait_until,
 )
+
+from fastbody.integrations.gunicorn import Framing, frame  # noqa: E402
 
 APPS = Path(__file__).resolve().parent / "apps"
 WORKERS = ["sync", "gthread"]

@@ -16,13 +16,6 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from fastbody.integrations.starlette import (
-    PATHSEND,
-    SPLICESEND,
-    ZEROCOPYSEND,
-    StaticFiles,
-    ZeroCopyResponse,
-)
 from starlette.applications import Starlette
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
@@ -31,6 +24,13 @@ from starlette.testclient import TestClient
 from starlette.types import Message, Receive, Scope
 
 import fastbody
+from fastbody.integrations.starlette import (
+    PATHSEND,
+    SPLICESEND,
+    ZEROCOPYSEND,
+    StaticFiles,
+    ZeroCopyResponse,
+)
 
 SIZE = 200_003  # several 64 KiB chunks and a short last one
 ALL_EXTENSIONS: dict[str, dict[str, Any]] = {PATHSEND: {}, ZEROCOPYSEND: {}, SPLICESEND: {}}

@@ -21,8 +21,9 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 h11 = pytest.importorskip("h11")
 
-from fastbody.integrations.uvicorn import declared_length, holds_start, with_content_length  # noqa: E402
 from servers import MIB, Server, answers, fetch, free_port, launch, make_certificate, moved, stop, wait_until  # noqa: E402
+
+from fastbody.integrations.uvicorn import declared_length, holds_start, with_content_length  # noqa: E402
 
 APPS = Path(__file__).resolve().parent / "apps"
 SIZE = 32 * MIB
@@ -111,8 +112,9 @@ def test_zero_copy_waits_for_the_transport_buffer(loop_kind: str) -> None:
     """Bytes the transport still holds go out before the engine writes to the socket itself."""
     if loop_kind not in _loops():
         pytest.skip("uvloop not installed")
-    from fastbody.integrations.uvicorn import H11Cycle
     from uvicorn.protocols.http.flow_control import FlowControl
+
+    from fastbody.integrations.uvicorn import H11Cycle
 
     class Flowing(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:

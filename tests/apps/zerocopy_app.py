@@ -26,7 +26,6 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import TypeVar
 
-from fastbody.integrations.starlette import StaticFiles, ZeroCopyResponse
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -34,6 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 import fastbody
+from fastbody.integrations.starlette import StaticFiles, ZeroCopyResponse
 
 _T = TypeVar("_T")
 CHUNK = 64 * 1024
