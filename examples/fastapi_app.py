@@ -9,15 +9,12 @@ curl http://127.0.0.1:8000/stats
 
 from __future__ import annotations
 
-import sys
-
+from big_file import BIG
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 
 import fastbody
 from fastbody.integrations.starlette import ZeroCopyResponse
-
-BIG = sys.executable  # a few MiB that every machine running this has
 
 app = FastAPI()
 

@@ -15,9 +15,9 @@ the ordinary way.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
+from big_file import BIG
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -28,7 +28,6 @@ import fastbody
 from fastbody.integrations.starlette import StaticFiles, ZeroCopyResponse
 
 HERE = Path(__file__).resolve().parent
-BIG = Path(sys.executable)  # a few MiB that every machine running this has
 
 
 async def file(request: Request) -> Response:

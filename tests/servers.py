@@ -45,6 +45,12 @@ class Server:
         answer.raise_for_status()
         return dict(answer.json())
 
+    def info_at(self, route: str) -> dict[str, Any]:
+        """The JSON a route of the server answers (an example's own ``/stats``)."""
+        answer = httpx.get(f"{self.url}{route}", timeout=30)
+        answer.raise_for_status()
+        return dict(answer.json())
+
     def get(self, route: str) -> Any:
         return httpx.get(f"{self.url}{route}", timeout=30)
 
