@@ -85,8 +85,10 @@ def holds_start(status: int, method: str, headers: Any) -> bool:
     and no Transfer-Encoding, which a zero-copy body of known length can still give one."""
     if method == "HEAD" or status in (204, 304) or status < 200:
         return False
-    names = {bytes(name).lower() for name, _ in headers}
-    return not names & {b"content-length", b"transfer-encoding"}
+    fields = {bytes(name).lower(): bytes(value).lower() for name, value in headers}
+    if fields.get(b"content-type", b"").startswith(b"text/event-stream"):
+        return False  # an event stream's head goes out at once, whenever its first event comes
+    return not fields.keys() & {b"content-length", b"transfer-encoding"}
 
 
 def with_content_length(start: Message, length: int) -> Message:

@@ -97,6 +97,7 @@ def test_head_is_held_only_when_it_has_no_length() -> None:
     assert not holds_start(200, "HEAD", [])
     assert not holds_start(304, "GET", [])
     assert not holds_start(204, "GET", [])
+    assert not holds_start(200, "GET", [(b"content-type", b"text/event-stream; charset=utf-8")])
 
 
 def test_content_length_is_read_and_added() -> None:
