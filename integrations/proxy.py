@@ -168,11 +168,7 @@ class ReverseProxy(_Settings):
         if wants_upgrade(headers):
             await self._error(send, 501, "upgrades (WebSocket) are not proxied")
             return
-        raw_path: bytes = scope.get("raw_path") or quote(scope["path"]).encode()
-        root = scope.get("root_path", "").encode()
-        if root and raw_path.startswith(root):
-            raw_path = raw_path[len(root) :]  # the mount prefix stays on this side
-        target = self.target(raw_path, scope.get("query_string", b""))
+        target = self.target(_asgi_path(scope), scope.get("query_string", b""))
         client = scope["client"][0] if scope.get("client") else None
         conn = h11.Connection(h11.CLIENT)
         head, framing = self.request_head(conn, scope["method"], target, headers, client, scope["scheme"])
@@ -199,7 +195,7 @@ class ReverseProxy(_Settings):
         watch = _DisconnectWatch(receive)
         try:
             start = {"type": "http.response.start", "status": response.status_code}
-            await send({**start, "headers": strip_hop_by_hop(list(response.headers.raw_items()))})
+            await send({**start, "headers": _response_headers(response)})
             reusable = await self._body(sock, body, first, scope, send, watch.gone) and _reusable(response)
         except UpstreamError as error:
             # The head is out: the client can only be told by closing its connection.
@@ -552,7 +548,22 @@ def _read_all(source: _UpstreamBody) -> Iterator[bytes]:
 
 
 def _response_headers(response: h11.Response) -> Headers:
-    return strip_hop_by_hop(list(response.headers.raw_items()))
+    """The upstream's response headers for the client: not the hop-by-hop ones, and not Date
+    and Server, which the server in front writes itself (as nginx hides them by default)."""
+    kept = strip_hop_by_hop(list(response.headers.raw_items()))
+    return [(name, value) for name, value in kept if name.lower() not in (b"date", b"server")]
+
+
+def _asgi_path(scope: MutableMapping[str, Any]) -> bytes:
+    """The request path below the mount prefix (``root_path``), as the client encoded it when
+    the prefix can be matched in the raw path, else re-quoted from the decoded one."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    raw: bytes | None = scope.get("raw_path")
+    if raw is not None and raw.startswith(root.encode()):
+        return raw[len(root.encode()) :]  # the mount prefix stays on this side
+    below = path[len(root) :] if path.startswith(root) else path
+    return quote(below).encode()
 
 
 def _wsgi_headers(environ: dict[str, Any]) -> Headers:

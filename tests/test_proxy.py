@@ -336,6 +336,24 @@ def test_path_and_query_are_forwarded_as_encoded(proxy: Server) -> None:
     assert echo["query"] == "x=1&y=%20z%2F"
 
 
+def test_encoded_mount_prefix_is_not_forwarded(proxy: Server) -> None:
+    """``/%61pi`` is the ``/api`` mount too; its prefix must not reach the upstream either."""
+    answer = httpx.get(f"{proxy.url}/%61pi/echo/x", timeout=30)
+    assert answer.status_code == 200
+    assert answer.json()["raw_path"] == "/echo/x"
+
+
+def test_one_date_and_server_header(proxy: Server) -> None:
+    """The server in front writes its own Date and Server: the upstream's are not forwarded."""
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as client:
+        client.sendall(b"GET /api/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while data := client.recv(65536):
+            answer += data
+    names = [line.split(b":")[0].lower() for line in answer.split(b"\r\n\r\n")[0].split(b"\r\n")[1:]]
+    assert names.count(b"date") == 1 and names.count(b"server") <= 1, names
+
+
 def test_request_headers(proxy: Server, upstream: Server) -> None:
     headers = {
         "Host": "example.test",
