@@ -26,6 +26,7 @@ import h11
 
 import fastbody
 
+from .asgi import SPLICESEND
 from .upstream import (
     AsyncPool,
     BlockingPool,
@@ -49,7 +50,6 @@ from .upstream import (
 
 __all__ = ["ReverseProxy", "UpstreamError", "WSGIReverseProxy"]
 
-SPLICESEND = "fastbody.response.splicesend"
 COPY_CHUNK = 64 << 10
 """Bytes read at a time when the body must pass through Python (no zero-copy server)."""
 

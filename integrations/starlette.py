@@ -70,6 +70,8 @@ from starlette.types import Message, Receive, Scope, Send
 
 import fastbody
 
+from .asgi import PATHSEND, SPLICESEND, ZEROCOPYSEND
+
 __all__ = [
     "PATHSEND",
     "SPLICESEND",
@@ -79,9 +81,6 @@ __all__ = [
     "ZeroCopyResponse",
 ]
 
-PATHSEND = "http.response.pathsend"
-ZEROCOPYSEND = "http.response.zerocopysend"
-SPLICESEND = "fastbody.response.splicesend"
 
 CHUNK_SIZE = 64 * 1024
 """Bytes per ``http.response.body`` message on the fallback path (FileResponse's chunk size)."""

@@ -37,6 +37,8 @@ from uvicorn.protocols.utils import is_ssl
 
 import fastbody
 
+from .asgi import EXTENSIONS, PATHSEND, SPLICESEND, ZEROCOPYSEND
+
 try:
     from uvicorn.protocols.http import httptools_impl
 except ImportError:  # httptools is not installed: AutoProtocol is the h11 one
@@ -52,10 +54,6 @@ __all__ = [
     "HttpToolsProtocol",
 ]
 
-PATHSEND = "http.response.pathsend"
-ZEROCOPYSEND = "http.response.zerocopysend"
-SPLICESEND = "fastbody.response.splicesend"
-EXTENSIONS = (PATHSEND, ZEROCOPYSEND, SPLICESEND)
 
 SEND_TIMEOUT = float(os.environ.get("FASTBODY_SEND_TIMEOUT", "60")) or None
 """Seconds a zero-copy body may make no progress (a client that stopped reading) before the
