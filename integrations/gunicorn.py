@@ -53,7 +53,7 @@ from gunicorn.workers.sync import SyncWorker
 import fastbody
 from fastbody import readiness
 
-__all__ = ["FastResponse", "FastSync", "FastThread", "FileWrapper", "Framing", "frame"]
+__all__ = ["FastResponse", "FastSync", "FastThread", "FileWrapper", "Framing", "Pieces", "frame"]
 
 log = logging.getLogger("gunicorn.error")
 
@@ -100,6 +100,53 @@ class FileWrapper(gunicorn_wsgi.FileWrapper):  # type: ignore[misc]
             raise IndexError from None
 
 
+class Pieces:
+    """A body that arrives in pieces of known size whose total nobody knows (a chunked
+    upstream's): ``bytes``, or ``(source, count)`` — ``count`` bytes of a socket, pipe or file
+    that the worker moves by splice or sendfile. Give it to ``wsgi.file_wrapper``; each piece
+    then goes out as one HTTP/1.1 chunk. The iterable is consumed lazily, one piece after the
+    previous one was sent, and closed (if it can be) with the response.
+
+    Read as a file (by middleware, or another server's wrapper), it yields the same bytes.
+    """
+
+    def __init__(self, pieces: Iterable[bytes | tuple[Any, int]]) -> None:
+        self.pieces = iter(pieces)
+        self._current: tuple[Any, int] | None = None  # a source piece being read by read()
+
+    def read(self, size: int = -1) -> bytes:
+        while True:
+            if self._current is None:
+                piece = next(self.pieces, None)
+                if piece is None:
+                    return b""
+                if isinstance(piece, bytes | bytearray | memoryview):
+                    if piece:  # b"" would read as the end
+                        return bytes(piece)  # a whole bytes piece: a short read is allowed
+                    continue
+                self._current = piece
+            source, left = self._current
+            if left <= 0:
+                self._current = None
+                continue
+            want = left if size < 0 else min(size, left)
+            data = _read_into_bytes(source, want)
+            if not data:
+                raise fastbody.IncompleteTransfer.short(0, left)
+            self._current = (source, left - len(data))
+            return data
+
+    def close(self) -> None:
+        close = getattr(self.pieces, "close", None)
+        if close is not None:
+            close()
+
+
+def _read_into_bytes(source: Any, size: int) -> bytes:
+    buffer = bytearray(size)
+    return bytes(buffer[: _read_into(source, buffer)])
+
+
 @dataclass(frozen=True)
 class Framing:
     """How a ``file_wrapper`` body goes on the wire: a pure decision, made before the head."""
@@ -144,7 +191,7 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
             return
         source = respiter.filelike
         kernel = self.cfg.sendfile is not False and not self.cfg.is_ssl
-        fd = _fd_of(source)
+        fd = _fd_of(source) if not isinstance(source, Pieces) else _NO_FD
         is_file = fd != _NO_FD and stat.S_ISREG(os.fstat(fd).st_mode)
         known = _known_length(source, fd, is_file, respiter.length)
         framing = frame(
@@ -163,12 +210,14 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
             self.send_headers()  # no body, and no fd-moving syscall
             return
         head = self._head()
-        if not kernel:
+        if not kernel and not isinstance(source, Pieces):
             source = _CopyOnly(source)
         guard = self.heartbeat if self.heartbeat is not None else nullcontext()
         try:
             with guard:
-                if framing.chunked:
+                if isinstance(source, Pieces):
+                    self._send_pieces(head, source, framing.chunked, kernel)
+                elif framing.chunked:
                     self._send_chunked(head, source, fd if kernel else _NO_FD)
                 else:
                     self._send_framed(head, source, fd, is_file and kernel, framing.count)
@@ -240,6 +289,31 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
         if prefix is head:
             self.sock.sendall(head)  # an empty body: close() sends the last chunk
         else:
+            self._pending_crlf = True
+
+    def _send_pieces(self, head: bytes, pieces: Pieces, chunked: bool, kernel: bool) -> None:
+        """Each piece as one chunk (or, unchunked, one after the other): Python writes the size
+        lines, the engine moves each source piece's bytes."""
+        self.sent = 0
+        prefix = head
+        for piece in pieces.pieces:
+            source, size = piece if isinstance(piece, tuple) else (piece, len(piece))
+            if size == 0:
+                continue
+            source = source if kernel or isinstance(piece, bytes) else _CopyOnly(source)
+            if chunked:
+                prefix = self._send_chunk(prefix, source, size)
+                continue
+            _send_more(self.sock, prefix)
+            prefix = b""
+            try:
+                self.sent += fastbody.transfer(self.sock, source, count=size, timeout=self._timeout())
+            except fastbody.TransferError as error:
+                error.sent += self.sent
+                raise
+        if prefix is head:
+            self.sock.sendall(head)  # an empty body: close() sends the last chunk
+        elif chunked:
             self._pending_crlf = True
 
     def _send_chunk(self, prefix: bytes, source: Any, size: int) -> bytes:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, MutableMapping
+from contextlib import closing
 from typing import Any
 from urllib.parse import quote
 
@@ -401,8 +402,8 @@ StartResponse = Callable[..., Any]
 
 class WSGIReverseProxy(_Settings):
     """The same proxy as a WSGI app (options as ``ReverseProxy``). Under fastbody's gunicorn
-    workers, Content-Length and close-delimited bodies are spliced; chunked upstream bodies are
-    copied (a WSGI body cannot hand the server pieces of a socket)."""
+    workers every body is spliced (a chunked one chunk by chunk, through ``Pieces``); under
+    another WSGI server the bytes are read and iterated."""
 
     def __init__(self, upstream: str, **options: Any) -> None:
         super().__init__(upstream, **options)
@@ -439,15 +440,20 @@ class WSGIReverseProxy(_Settings):
         if body.kind is BodyKind.NONE:
             self.pool.release(sock, reusable)
             return []
+        wrapper: Any = environ.get("wsgi.file_wrapper")
+        # Another server's wrapper would take the socket for a file (gunicorn's would sendfile
+        # from it): there the bytes are read and iterated instead.
+        zero_copy = getattr(wrapper, "__module__", "").startswith("fastbody.")
         if body.kind is BodyKind.CHUNKED:
-            return self._chunks(sock, first, reusable)
+            if not zero_copy:
+                return self._chunks(sock, first, reusable)
+            from .gunicorn import Pieces  # loaded already: the wrapper is its FileWrapper
+
+            return wrapper(Pieces(self._pieces(sock, first, reusable)))  # type: ignore[no-any-return]
         source = _UpstreamBody(
             sock, self.pool, body.length if body.kind is BodyKind.LENGTH else None, reusable
         )
-        wrapper: Any = environ.get("wsgi.file_wrapper")
-        if not getattr(wrapper, "__module__", "").startswith("fastbody."):
-            # Another server's wrapper would take the socket for a file (gunicorn's would sendfile
-            # from it): its bytes are read and iterated instead.
+        if not zero_copy:
             return _read_all(source)
         return wrapper(source, length=source.left)  # type: ignore[no-any-return]
 
@@ -483,17 +489,29 @@ class WSGIReverseProxy(_Settings):
                 raise
         raise AssertionError("unreachable")
 
-    def _chunks(self, sock: socket.socket, size: int, reusable: bool) -> Iterator[bytes]:
+    def _pieces(
+        self, sock: socket.socket, size: int, reusable: bool
+    ) -> Generator[tuple[socket.socket, int], None, None]:
+        """A chunked body as ``(socket, chunk size)`` pieces, each to be moved whole before the
+        next is asked for (``size``: the first chunk's, already read). The connection goes back
+        to the pool only after the last chunk and the trailers were read."""
         clean = False
         try:
             while size:
-                yield from _read_exactly(sock, size)
+                yield sock, size
                 run_blocking(read_chunk_end(), sock, self.response_timeout)
                 size = run_blocking(read_chunk_header(), sock, self.response_timeout)
             run_blocking(read_trailers(), sock, self.response_timeout)
             clean = True
         finally:
             self.pool.release(sock, reusable and clean)
+
+    def _chunks(self, sock: socket.socket, size: int, reusable: bool) -> Iterator[bytes]:
+        """The same pieces read into Python, for a server without fastbody's wrapper."""
+        pieces = self._pieces(sock, size, reusable)
+        with closing(pieces):
+            for _, count in pieces:
+                yield from _read_exactly(sock, count)
 
     def _error(self, start_response: StartResponse, status: int, text: str) -> list[bytes]:
         headers, body = _plain(text)

@@ -187,6 +187,31 @@ def test_socket_and_pipe_bodies_go_by_splice(
     assert delta.get("splice", 0) >= 48 * MIB, delta
 
 
+def test_pieces_are_chunks_moved_by_the_kernel(server: Server, blob: tuple[str, str]) -> None:
+    path, _ = blob
+    data = Path(path).read_bytes()
+    before = server.stats()
+    answer = httpx.get(f"{server.url}/pieces?path={path}", timeout=60)
+    expected = b"<" + data[: len(data) // 2] + b"|" + data[len(data) // 2 :] + b">"
+    assert answer.headers["transfer-encoding"] == "chunked"
+    assert answer.content == expected
+    delta = moved(before, server.stats())
+    assert delta.get("splice", 0) >= len(data) // 2 - 64 * 1024  # the socket half
+    assert delta.get("sendfile", 0) == len(data) - len(data) // 2  # the file half
+
+
+def test_pieces_read_as_a_file() -> None:
+    """Middleware or another server reading the wrapper gets the same bytes."""
+    from fastbody.integrations.gunicorn import Pieces
+
+    left, right = socket.socketpair()
+    with left, right:
+        right.sendall(b"socket-bytes and more")
+        pieces = Pieces([b"a", (left, 12), b"", b"z"])
+        got = b"".join(iter(lambda: pieces.read(5), b""))
+    assert got == b"asocket-bytesz"
+
+
 def test_unknown_length_over_http10_is_close_delimited(
     server: Server, blob: tuple[str, str], tmp: Path
 ) -> None:

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -95,6 +95,31 @@ def pipe_body(
     return environ["wsgi.file_wrapper"](process.stdout, length=length)  # type: ignore[no-any-return]
 
 
+def pieces_body(
+    environ: dict[str, Any], start_response: StartResponse, query: dict[str, str]
+) -> Iterable[bytes]:
+    """``Pieces``: ``b"<"``, the first half of the file from a socket, ``b"|"``, the second half
+    from the file itself, ``b">"``: each piece one chunk, the big ones moved by the kernel."""
+    from fastbody.integrations.gunicorn import Pieces
+
+    size = os.path.getsize(query["path"])
+    half = size // 2
+    source = _feed(query["path"])
+    data = open(query["path"], "rb")
+    data.seek(half)
+
+    def pieces() -> Iterator[bytes | tuple[Any, int]]:
+        with source, data:
+            yield b"<"
+            yield source, half
+            yield b"|"
+            yield data, size - half
+            yield b">"
+
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return environ["wsgi.file_wrapper"](Pieces(pieces()))  # type: ignore[no-any-return]
+
+
 def iterable(
     environ: dict[str, Any], start_response: StartResponse, query: dict[str, str]
 ) -> Iterable[bytes]:
@@ -128,6 +153,7 @@ ROUTES = {
     "/file": file,
     "/socket": socket_body,
     "/pipe": pipe_body,
+    "/pieces": pieces_body,
     "/iterable": iterable,
     "/file-like": file_like,
 }
