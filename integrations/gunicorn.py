@@ -212,7 +212,9 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
         head = self._head()
         if not kernel and not isinstance(source, Pieces):
             source = _CopyOnly(source)
-        guard = self.heartbeat if self.heartbeat is not None else nullcontext()
+        small = is_file and kernel and framing.count is not None and framing.count <= SMALL_FILE
+        # The heartbeat is for transfers that may take a while, not one write of a small file.
+        guard = self.heartbeat if self.heartbeat is not None and not small else nullcontext()
         try:
             with guard:
                 if isinstance(source, Pieces):
