@@ -297,7 +297,7 @@ def _splice_direct(run: _Run, src: int) -> Attempt:
     # A subprocess's pipe holds 64 KiB: the writer then stalls and we wake for every 64 KiB,
     # which costs more than copying. Grown to the pool's pipe size, one splice moves up to
     # 1 MiB (and the writer runs ahead of us).
-    syscalls.grow_pipe(src, PIPE_SIZE)
+    capacity = syscalls.grow_pipe(src, PIPE_SIZE)
     started, emptied = False, False
     while not progress.done:
         if emptied and waits.ahead(src):
@@ -323,8 +323,9 @@ def _splice_direct(run: _Run, src: int) -> Attempt:
             break
         else:
             started = True
-            # Short: the pipe ran dry (or the socket filled up, and then the wait is a no-op).
-            emptied = moved < asked
+            # Less than a pipeful, and less than asked: the pipe ran dry (or the socket filled
+            # up, and then the wait returns at once).
+            emptied = moved < min(asked, capacity)
             progress.add(counters.SPLICE, moved)
             yield from run.checkpoint()
     return True

@@ -146,11 +146,9 @@ def pending_bytes(fd: int) -> int:
 
 def pending_error(fd: int) -> int:
     """The error a socket holds (``SO_ERROR``, cleared by reading it); 0 for none or a non-socket."""
-    try:
-        sock = socket.socket(fileno=os.dup(fd))
-    except OSError:  # not a socket
+    if not stat.S_ISSOCK(os.fstat(fd).st_mode):
         return 0
-    with sock:
+    with socket.socket(fileno=os.dup(fd)) as sock:
         return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
 
 

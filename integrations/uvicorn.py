@@ -26,7 +26,7 @@ import logging
 import os
 import select
 import stat
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -253,7 +253,7 @@ class _ZeroCopyCycle:
             await super().send({"type": "http.response.body", "body": held, "more_body": True})  # type: ignore[misc]
             sent += len(held)
         try:
-            while size := await fastbody.apending(source, self.send_timeout):
+            while size := await self._until_lost(fastbody.apending(source, self.send_timeout)):
                 await self._send_piece(source, None, size)
                 sent += size
         except fastbody.TransferError as error:
@@ -296,9 +296,14 @@ class _ZeroCopyCycle:
 
     async def _atransfer(self, source: Any, offset: int | None, count: int) -> int:
         sock = self.transport.get_extra_info("socket")
-        self._transfer = asyncio.ensure_future(
+        return await self._until_lost(
             fastbody.atransfer(sock, source, offset=offset, count=count, timeout=self.send_timeout)
         )
+
+    async def _until_lost(self, work: Coroutine[Any, Any, int]) -> int:
+        """Run ``work`` (a transfer, or a wait for the source) so that the client going away
+        cancels it at once: neither would notice by itself (both watch dups, or the source)."""
+        self._transfer = asyncio.ensure_future(work)
         try:
             return await self._transfer
         except asyncio.CancelledError:
@@ -322,6 +327,8 @@ class _ZeroCopyCycle:
             if self._declared is not None:
                 self._declared -= len(held)
         while left is None or left > 0:
+            if self.disconnected:  # uvicorn drops body messages to a closed connection silently
+                raise fastbody.PeerClosedError.make(None, "the client went away", sent)
             want = COPY_CHUNK if left is None else min(COPY_CHUNK, left)
             data = await loop.run_in_executor(None, _read, fd, want, offset, self.send_timeout)
             if not data:

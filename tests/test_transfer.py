@@ -468,3 +468,16 @@ def test_socket_options_are_restored(blob_32m: bytes) -> None:
     receiver.result()
     client.close()
     close_fed(source)
+
+
+def test_pending_at_a_pipe_end_leaks_no_fd() -> None:
+    """``fastbody.pending`` on a pipe at its end (the last step of every chunked pipe body)."""
+    read_fd, write_fd = os.pipe()
+    os.close(write_fd)
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(5):
+            assert fastbody.pending(read_fd, 1) == 0
+        assert len(os.listdir("/proc/self/fd")) == before
+    finally:
+        os.close(read_fd)

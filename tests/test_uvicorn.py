@@ -316,6 +316,21 @@ def test_client_disconnect_mid_body(server: Server, blob: tuple[str, bytes], rou
     assert fetch(f"{server.url}/file?path={path}").sha256 == sha(data)
 
 
+def test_client_leaving_a_quiet_stream_is_noticed_at_once(server: Server) -> None:
+    """The server waits for a quiet source (no transfer running): the client's going away must
+    end that wait (and free the pipe), not the send timeout some seconds later."""
+    baseline = server.info()["fds"]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as client:
+        client.sendall(b"GET /idle-pipe HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        while b"hello" not in got:
+            got += client.recv(4096)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    wait_until(lambda: "client went away after 6 bytes of GET /idle-pipe" in server.errors(), 10, "noticed")
+    assert "cut off after 6 bytes of GET /idle-pipe" not in server.errors()
+    wait_until(lambda: server.info()["fds"] <= baseline, 10, f"server fd count back to {baseline}")
+
+
 def test_client_that_stops_reading_is_cut_off(server: Server, blob: tuple[str, bytes]) -> None:
     """FASTBODY_SEND_TIMEOUT=2: the stalled connection is closed; the loop answers meanwhile."""
     path, data = blob

@@ -131,6 +131,19 @@ class _Raw:
         await self.handler(scope, receive, send)
 
 
+async def idle_pipe(scope: Scope, receive: Receive, send: Send) -> None:
+    """A pipe that sends 6 bytes, then nothing while its writer stays open (a quiet stream)."""
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, b"hello\n")
+    with open(read_fd, "rb", buffering=0) as source:
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            message = {"type": "fastbody.response.splicesend", "source": source, "more_body": False}
+            await send(message)
+        finally:
+            os.close(write_fd)
+
+
 def _raw(handler: Any) -> Route:
     return Route(f"/{handler.__name__.removesuffix('_body')}", endpoint=_Raw(handler))
 
@@ -150,6 +163,7 @@ routes = [
     _raw(short),
     _raw(pipe),
     _raw(socket_body),
+    Route("/idle-pipe", endpoint=_Raw(idle_pipe)),
     Mount("/fastapi", app=fastapi_app),
 ]
 if os.path.isdir(STATIC):
