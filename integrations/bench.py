@@ -8,11 +8,15 @@ are drawn: one group of bars per scenario, stock and fastbody (and peers) side b
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +34,7 @@ class Benchmark:
     quick: tuple[str, ...]
     full: tuple[str, ...]
     minutes: int  # the full run's usual length on a 2-core machine
-    limit: int  # seconds after which the run is stopped (quick, full)
+    limit: int  # seconds after which the full run is stopped
 
 
 SUITE = (
@@ -38,7 +42,8 @@ SUITE = (
     Benchmark("uvicorn.py", "uvicorn and Starlette", ("--quick", "--repeat", "1"), (), 4, 1500),
     Benchmark("proxy.py", "reverse proxies", ("--quick", "--repeat", "1"), (), 6, 1500),
 )
-QUICK_LIMIT = 60  # seconds per benchmark with --quick
+QUICK_LIMIT = 180
+"""Seconds one benchmark may run with --quick (or --tiny) before it is stopped."""
 
 
 @dataclass(frozen=True)
@@ -73,29 +78,50 @@ def run_bench(*, quick: bool, out: Path, tiny: bool = False) -> None:
 
 
 def _run(bench: Benchmark, quick: bool, tiny: bool, index: int, total: int) -> str:
-    """Run one benchmark, drawing a progress bar from the lines it prints on stderr."""
+    """Run one benchmark, drawing a progress bar from the lines it prints on stderr. It runs in
+    its own process group, so that past its time limit it and every server it started are
+    stopped together."""
     arguments = ("--tiny", "--repeat", "1") if tiny else bench.quick if quick else bench.full
     command = [sys.executable, str(BENCHMARKS / bench.script), *arguments]
-    limit = QUICK_LIMIT * 3 if quick else bench.limit
+    limit = QUICK_LIMIT if quick else bench.limit
     started = time.monotonic()
     with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=BENCHMARKS.parent
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=BENCHMARKS.parent,
+        start_new_session=True,
     ) as child:
         assert child.stderr is not None and child.stdout is not None
+        watchdog = threading.Timer(limit, _stop_group, (child,))
+        watchdog.start()
         try:
             for line in child.stderr:
                 _progress(bench, index, total, time.monotonic() - started, line.strip())
-                if time.monotonic() - started > limit:
-                    child.terminate()
             output = child.stdout.read()
-            child.wait(30)
+            child.wait()
         finally:
+            watchdog.cancel()
             if child.poll() is None:
-                child.kill()
+                _stop_group(child)
     print(file=sys.stderr)
     if child.returncode != 0:
-        return f"(benchmark failed with exit status {child.returncode}; partial output below)\n\n{output}"
+        why = f"stopped after {limit} s" if time.monotonic() - started >= limit else "failed"
+        return f"(benchmark {why}, exit status {child.returncode}; partial output below)\n\n{output}"
     return output
+
+
+def _stop_group(child: subprocess.Popen[str]) -> None:
+    """SIGTERM the benchmark's process group, then SIGKILL what is left after 10 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with suppress(ProcessLookupError):
+            os.killpg(child.pid, sig)
+        try:
+            child.wait(10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _progress(bench: Benchmark, index: int, total: int, elapsed: float, line: str) -> None:
@@ -108,7 +134,6 @@ def _progress(bench: Benchmark, index: int, total: int, elapsed: float, line: st
 
 
 def _machine() -> str:
-    import os
     import platform
 
     return f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}.\n\n"
@@ -120,11 +145,14 @@ def _machine() -> str:
 def parse_rows(markdown: str) -> list[Row]:
     """Rows of every table that has a server column, an MB/s column and a CPU s/GiB column."""
     rows: list[Row] = []
-    scenario = ""
+    section = scenario = ""
     header: list[str] | None = None
     for line in markdown.splitlines():
-        if line.startswith("#"):
-            scenario, header = line.lstrip("# ").strip(), None
+        if line.startswith("## "):  # one benchmark's output: its scenarios may repeat another's titles
+            section, header = line[3:].split(" (`")[0].strip(), None
+        elif line.startswith("#"):
+            title = line.lstrip("# ").strip()
+            scenario, header = f"{section}: {title}" if section else title, None
         elif line.startswith("|") and header is None:
             header = [cell.strip().lower() for cell in line.strip("|").split("|")]
         elif line.startswith("|") and header is not None and not set(line) <= set("|-: "):
@@ -162,17 +190,19 @@ def draw(rows: list[Row], path: Path) -> None:
     scenarios = list(dict.fromkeys(row.scenario for row in rows))
     height = max(3.0, 0.45 * len(rows) + 0.6 * len(scenarios))
     figure, (rates, cpus) = plt.subplots(1, 2, figsize=(13, height), sharey=True)
-    labels, positions, colors = [], [], []
+    labels, positions, colors, mb_s, cpu = [], [], [], [], []
     position = 0.0
-    for scenario in scenarios:
+    for scenario in scenarios:  # each bar's value, label and place from the same row
         for row in (row for row in rows if row.scenario == scenario):
-            labels.append(f"{scenario[:38]} · {row.server}")
+            labels.append(f"{scenario[:46]} · {row.server}")
             positions.append(position)
             colors.append(_color(row.server))
+            mb_s.append(row.mb_s)
+            cpu.append(row.cpu_s_per_gib)
             position += 1
         position += 0.6
-    rates.barh(positions, [row.mb_s for row in rows], color=colors)
-    cpus.barh(positions, [row.cpu_s_per_gib for row in rows], color=colors)
+    rates.barh(positions, mb_s, color=colors)
+    cpus.barh(positions, cpu, color=colors)
     rates.set_yticks(positions, labels, fontsize=7)
     rates.invert_yaxis()
     rates.set_xlabel("throughput, MB/s (higher is better)")

@@ -41,7 +41,7 @@ import ssl
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -132,7 +132,7 @@ class Pieces:
             want = left if size < 0 else min(size, left)
             data = _read_into_bytes(source, want)
             if not data:
-                raise fastbody.IncompleteTransfer.short(0, left)
+                raise fastbody.IncompleteTransfer.make(None, f"a piece ended {left} bytes short", 0)
             self._current = (source, left - len(data))
             return data
 
@@ -140,6 +140,19 @@ class Pieces:
         close = getattr(self.pieces, "close", None)
         if close is not None:
             close()
+
+
+def _pieces_of(pieces: Pieces, response: Any) -> Iterator[bytes | tuple[Any, int]]:
+    """The pieces; an error the iterable raises (a failing upstream) carries the bytes sent."""
+    while True:
+        try:
+            piece = next(pieces.pieces, None)
+        except fastbody.TransferError as error:
+            error.sent += response.sent
+            raise
+        if piece is None:
+            return
+        yield piece
 
 
 def _read_into_bytes(source: Any, size: int) -> bytes:
@@ -218,7 +231,7 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
         try:
             with guard:
                 if isinstance(source, Pieces):
-                    self._send_pieces(head, source, framing.chunked, kernel)
+                    self._send_pieces(head, source, framing.chunked, kernel, framing.count)
                 elif framing.chunked:
                     self._send_chunked(head, source, fd if kernel else _NO_FD)
                 else:
@@ -293,30 +306,34 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
         else:
             self._pending_crlf = True
 
-    def _send_pieces(self, head: bytes, pieces: Pieces, chunked: bool, kernel: bool) -> None:
-        """Each piece as one chunk (or, unchunked, one after the other): Python writes the size
-        lines, the engine moves each source piece's bytes."""
+    def _send_pieces(
+        self, head: bytes, pieces: Pieces, chunked: bool, kernel: bool, limit: int | None
+    ) -> None:
+        """Each piece as one chunk (or, unchunked, one after the other, never past ``limit``,
+        the Content-Length): Python writes the size lines, the engine moves the bytes."""
         self.sent = 0
-        prefix = head
-        for piece in pieces.pieces:
+        # The head goes now: the first piece may be long in coming (an upstream event stream).
+        self.sock.sendall(head)
+        prefix = b""
+        for piece in _pieces_of(pieces, self):
             source, size = piece if isinstance(piece, tuple) else (piece, len(piece))
             if size == 0:
                 continue
-            source = source if kernel or isinstance(piece, bytes) else _CopyOnly(source)
+            if limit is not None and self.sent + size > limit:
+                raise fastbody.TransferError.make(
+                    None, f"body longer than its Content-Length {limit}", self.sent
+                )
+            literal = isinstance(piece, bytes | bytearray | memoryview)
+            source = source if kernel or literal else _CopyOnly(source)
             if chunked:
                 prefix = self._send_chunk(prefix, source, size)
                 continue
-            _send_more(self.sock, prefix)
-            prefix = b""
             try:
                 self.sent += fastbody.transfer(self.sock, source, count=size, timeout=self._timeout())
             except fastbody.TransferError as error:
                 error.sent += self.sent
                 raise
-        if prefix is head:
-            self.sock.sendall(head)  # an empty body: close() sends the last chunk
-        elif chunked:
-            self._pending_crlf = True
+        self._pending_crlf = chunked and bool(prefix)  # else close() sends the last chunk alone
 
     def _send_chunk(self, prefix: bytes, source: Any, size: int) -> bytes:
         """Send ``prefix``, one chunk's size line and ``size`` bytes of ``source``; the next prefix."""

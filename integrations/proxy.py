@@ -37,10 +37,12 @@ from .upstream import (
     UpstreamError,
     bytes_consumed,
     forwarded_headers,
+    may_retry,
     read_chunk_end,
     read_chunk_header,
     read_head,
     read_trailers,
+    readable_now,
     request_framing,
     response_framing,
     run_async,
@@ -174,7 +176,7 @@ class ReverseProxy(_Settings):
         conn = h11.Connection(h11.CLIENT)
         head, framing = self.request_head(conn, scope["method"], target, headers, client, scope["scheme"])
         try:
-            sock, response = await self._exchange(conn, head, framing, receive)
+            sock, response = await self._exchange(scope["method"], conn, head, framing, receive)
         except UpstreamError as error:
             log.error("proxy: %s %s: %s", scope["method"], target.decode("latin-1"), error)
             await self._error(send, error.status, str(error))
@@ -183,9 +185,14 @@ class ReverseProxy(_Settings):
             return
         try:
             body = response_framing(scope["method"], response.status_code, list(response.headers.raw_items()))
-            # A chunked body's first size line is read before the head goes out: a bad one is
-            # still a 502 (after the head, the client could only be told by a closed connection).
-            first = await run_async(read_chunk_header(), sock, self.response_timeout) if body.chunked else 0
+            # A chunked body's first size line, when it is there already, is read before the head
+            # goes out: a bad one is still a 502 (after the head, the client could only be told by
+            # a closed connection). One not there yet (an event stream) does not hold the head.
+            first = (
+                await run_async(read_chunk_header(), sock, self.response_timeout)
+                if _ready(body, sock)
+                else None
+            )
         except (UpstreamError, OSError) as error:
             sock.close()
             failure = _upstream_failure(error, self.response_timeout)
@@ -198,21 +205,20 @@ class ReverseProxy(_Settings):
             start = {"type": "http.response.start", "status": response.status_code}
             await send({**start, "headers": _response_headers(response)})
             reusable = await self._body(sock, body, first, scope, send, watch.gone) and _reusable(response)
-        except UpstreamError as error:
-            # The head is out: the client can only be told by closing its connection.
-            log.error(
-                "proxy: %s %s: %s: closing the connection", scope["method"], target.decode("latin-1"), error
-            )
-            raise
+        except (UpstreamError, OSError, asyncio.TimeoutError) as error:
+            # The head is out: the client can only be told by closing its connection, which the
+            # server does for a response left incomplete.
+            failure = _upstream_failure(error, self.response_timeout)
+            log.error("proxy: %s %s: %s mid-body", scope["method"], target.decode("latin-1"), failure)
         finally:
             watch.close()
             self.pool.release(sock, reusable)
 
     async def _exchange(
-        self, conn: h11.Connection, head: bytes, framing: Framing, receive: Callable[..., Any]
+        self, method: str, conn: h11.Connection, head: bytes, framing: Framing, receive: Callable[..., Any]
     ) -> tuple[socket.socket, h11.Response]:
         """Send the request upstream and read the response head; a kept-alive connection that
-        the upstream closed meanwhile is retried once on a new one (bodiless requests only)."""
+        the upstream closed before answering is retried once on a new one (``may_retry``)."""
         loop = asyncio.get_running_loop()
         for attempt in range(2):
             sock, reused = await self.pool.acquire()
@@ -227,7 +233,7 @@ class ReverseProxy(_Settings):
                 ) from None
             except (UpstreamError, OSError) as error:
                 sock.close()
-                if attempt == 0 and reused and framing.kind is BodyKind.NONE:
+                if attempt == 0 and may_retry(error, method, reused, framing):
                     conn = h11.Connection(h11.CLIENT)
                     head = conn.send(h11.Request(**_request_fields(head))) or b""
                     continue
@@ -269,7 +275,7 @@ class ReverseProxy(_Settings):
         self,
         sock: socket.socket,
         framing: Framing,
-        first_chunk: int,
+        first_chunk: int | None,
         scope: MutableMapping[str, Any],
         send: Callable[..., Any],
         client_gone: Callable[[], bool],
@@ -281,13 +287,16 @@ class ReverseProxy(_Settings):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return True
         if framing.kind is BodyKind.LENGTH:
-            return await self._forward_exactly(sock, framing.length, zero_copy, send, more_body=False)
+            return await self._forward_exactly(sock, framing.length, zero_copy, send, client_gone, False)
         if framing.kind is BodyKind.CLOSE:
-            await self._forward(sock, None, zero_copy, send, more_body=False)
+            await self._forward(sock, None, zero_copy, send, client_gone, False)
             return False
-        size = first_chunk
+        size = first_chunk if first_chunk is not None else await run_async(read_chunk_header(), sock, timeout)
         while size:
-            if not await self._forward_exactly(sock, size, zero_copy, send, more_body=True) or client_gone():
+            if (
+                not await self._forward_exactly(sock, size, zero_copy, send, client_gone, True)
+                or client_gone()
+            ):
                 return False  # the chunk was not all sent: what follows in the socket is not a size line
             await run_async(read_chunk_end(), sock, timeout)
             size = await run_async(read_chunk_header(), sock, timeout)
@@ -301,7 +310,7 @@ class ReverseProxy(_Settings):
         count: int,
         zero_copy: bool,
         send: Callable[..., Any],
-        *,
+        client_gone: Callable[[], bool],
         more_body: bool,
     ) -> bool:
         """``_forward`` of ``count`` bytes, True only if exactly that many left the upstream
@@ -309,7 +318,7 @@ class ReverseProxy(_Settings):
         as if it had sent): the bytes then still wait in the socket (or are on their way), and
         the connection must be closed, not pooled, nor its next bytes read as a chunk size."""
         before = bytes_consumed(sock)
-        if not await self._forward(sock, count, zero_copy, send, more_body=more_body):
+        if not await self._forward(sock, count, zero_copy, send, client_gone, more_body):
             return False
         after = bytes_consumed(sock)
         return before is not None and after is not None and after - before == count
@@ -320,11 +329,12 @@ class ReverseProxy(_Settings):
         count: int | None,
         zero_copy: bool,
         send: Callable[..., Any],
-        *,
+        client_gone: Callable[[], bool],
         more_body: bool,
     ) -> bool:
         """``count`` bytes (None: to the end) of the upstream socket to the client; False when
-        the upstream ended early (the server has closed the client's connection)."""
+        the upstream ended early (the server has closed the client's connection) or, copying,
+        when the client went away (a server drops body messages to a closed connection)."""
         if zero_copy:
             try:
                 await send({"type": SPLICESEND, "source": sock, "count": count, "more_body": more_body})
@@ -335,6 +345,8 @@ class ReverseProxy(_Settings):
         loop = asyncio.get_running_loop()
         left = count
         while left is None or left > 0:
+            if client_gone():
+                return False
             data = await asyncio.wait_for(
                 loop.sock_recv(sock, COPY_CHUNK if left is None else min(left, COPY_CHUNK)),
                 self.response_timeout,
@@ -419,14 +431,16 @@ class WSGIReverseProxy(_Settings):
         client = environ.get("REMOTE_ADDR")
         head, framing = self.request_head(conn, method, target, headers, client, environ["wsgi.url_scheme"])
         try:
-            sock, response = self._exchange(conn, head, framing, environ["wsgi.input"])
+            sock, response = self._exchange(method, conn, head, framing, environ["wsgi.input"])
         except UpstreamError as error:
             log.error("proxy: %s %s: %s", method, target.decode("latin-1"), error)
             return self._error(start_response, error.status, str(error))
         try:
             body = response_framing(method, response.status_code, list(response.headers.raw_items()))
             # As in ReverseProxy: a bad first chunk-size line is a 502, before the head goes out.
-            first = run_blocking(read_chunk_header(), sock, self.response_timeout) if body.chunked else 0
+            first = (
+                run_blocking(read_chunk_header(), sock, self.response_timeout) if _ready(body, sock) else None
+            )
         except (UpstreamError, OSError) as error:
             sock.close()
             failure = _upstream_failure(error, self.response_timeout)
@@ -454,11 +468,12 @@ class WSGIReverseProxy(_Settings):
             sock, self.pool, body.length if body.kind is BodyKind.LENGTH else None, reusable
         )
         if not zero_copy:
+            sock.settimeout(self.response_timeout)  # a stalled upstream raises TimeoutError
             return _read_all(source)
         return wrapper(source, length=source.left)  # type: ignore[no-any-return]
 
     def _exchange(
-        self, conn: h11.Connection, head: bytes, framing: Framing, body: Any
+        self, method: str, conn: h11.Connection, head: bytes, framing: Framing, body: Any
     ) -> tuple[socket.socket, h11.Response]:
         for attempt in range(2):
             sock, reused = self.pool.acquire()
@@ -477,7 +492,7 @@ class WSGIReverseProxy(_Settings):
                 ) from None
             except (UpstreamError, OSError) as error:
                 sock.close()
-                if attempt == 0 and reused and framing.kind is BodyKind.NONE:
+                if attempt == 0 and may_retry(error, method, reused, framing):
                     conn = h11.Connection(h11.CLIENT)
                     head = conn.send(h11.Request(**_request_fields(head))) or b""
                     continue
@@ -490,24 +505,30 @@ class WSGIReverseProxy(_Settings):
         raise AssertionError("unreachable")
 
     def _pieces(
-        self, sock: socket.socket, size: int, reusable: bool
+        self, sock: socket.socket, size: int | None, reusable: bool
     ) -> Generator[tuple[socket.socket, int], None, None]:
         """A chunked body as ``(socket, chunk size)`` pieces, each to be moved whole before the
-        next is asked for (``size``: the first chunk's, already read). The connection goes back
-        to the pool only after the last chunk and the trailers were read."""
+        next is asked for (``size``: the first chunk's, if already read). The connection goes
+        back to the pool only after the last chunk and the trailers were read."""
         clean = False
         try:
+            if size is None:
+                size = run_blocking(read_chunk_header(), sock, self.response_timeout)
             while size:
                 yield sock, size
                 run_blocking(read_chunk_end(), sock, self.response_timeout)
                 size = run_blocking(read_chunk_header(), sock, self.response_timeout)
             run_blocking(read_trailers(), sock, self.response_timeout)
             clean = True
+        except (UpstreamError, OSError) as error:
+            failure = _upstream_failure(error, self.response_timeout)
+            raise fastbody.IncompleteTransfer.make(None, f"upstream failed mid-body: {failure}", 0) from None
         finally:
             self.pool.release(sock, reusable and clean)
 
-    def _chunks(self, sock: socket.socket, size: int, reusable: bool) -> Iterator[bytes]:
+    def _chunks(self, sock: socket.socket, size: int | None, reusable: bool) -> Iterator[bytes]:
         """The same pieces read into Python, for a server without fastbody's wrapper."""
+        sock.settimeout(self.response_timeout)  # a stalled upstream raises TimeoutError
         pieces = self._pieces(sock, size, reusable)
         with closing(pieces):
             for _, count in pieces:
@@ -561,6 +582,9 @@ def _read_all(source: _UpstreamBody) -> Iterator[bytes]:
     try:
         while data := source.read():
             yield data
+        if source.left is not None and source.read_count < source.left:
+            # Raising makes the server close the connection instead of passing off a short body.
+            raise UpstreamError(f"upstream closed after {source.read_count} of {source.left} body bytes")
     finally:
         source.close()
 
@@ -570,6 +594,11 @@ def _response_headers(response: h11.Response) -> Headers:
     and Server, which the server in front writes itself (as nginx hides them by default)."""
     kept = strip_hop_by_hop(list(response.headers.raw_items()))
     return [(name, value) for name, value in kept if name.lower() not in (b"date", b"server")]
+
+
+def _ready(framing: Framing, sock: socket.socket) -> bool:
+    """Whether a chunked body's first size line can be read before the head goes out."""
+    return framing.chunked and readable_now(sock)
 
 
 def _asgi_path(scope: MutableMapping[str, Any]) -> bytes:

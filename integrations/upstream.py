@@ -46,6 +46,11 @@ class UpstreamError(Exception):
         self.status = status
 
 
+class UpstreamClosed(UpstreamError):
+    """The upstream closed the connection before sending a byte of the response: the case of a
+    kept-alive connection it had closed meanwhile, where an idempotent request may be retried."""
+
+
 @dataclass(frozen=True)
 class Upstream:
     host: str
@@ -209,6 +214,8 @@ def read_through(terminator: bytes, limit: int, what: str) -> Step:
     while True:
         seen = yield Peek(limit + len(terminator) - len(taken))
         if not seen:
+            if not taken and what == "response head":
+                raise UpstreamClosed("upstream closed the connection before responding")
             raise UpstreamError(f"upstream closed the connection inside the {what}")
         found = (taken[-len(terminator) + 1 :] + seen).find(terminator)
         if found >= 0:
@@ -362,6 +369,21 @@ def _bytes_received(sock: socket.socket) -> int | None:
         return None
     received: int = struct.unpack_from("Q", info, _TCPI_BYTES_RECEIVED)[0]
     return received
+
+
+REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+"""Methods a proxy may send again on a new connection (as Go's transport does), bodiless only."""
+
+
+def may_retry(error: Exception, method: str, reused: bool, framing: Framing) -> bool:
+    """Whether a failed exchange is worth one retry on a new connection: a kept-alive connection
+    the upstream closed before answering, and a request that can safely be sent twice."""
+    stale = isinstance(error, UpstreamClosed | ConnectionResetError | BrokenPipeError)
+    return stale and reused and method in REPLAYABLE and framing.kind is BodyKind.NONE
+
+
+def readable_now(sock: socket.socket) -> bool:
+    return _poll(sock, 0)
 
 
 def idle_and_clean(sock: socket.socket) -> bool:

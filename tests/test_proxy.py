@@ -60,6 +60,7 @@ class RawUpstream:
         self.listener.settimeout(0.2)
         self.port = self.listener.getsockname()[1]
         self.stopping = threading.Event()
+        self.go = threading.Event()  # /late-events sends its first event once this is set
         self.handlers: list[threading.Thread] = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -140,6 +141,10 @@ class RawUpstream:
             conn.sendall(ok + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n" % size)
             conn.sendall(body)
             conn.sendall(b"\r\nzz\r\n" + b"x" * 100 + b"\r\n0\r\n\r\n")
+        elif parts.path == "/late-events":  # an event stream whose first event waits for `go`
+            conn.sendall(ok + b"Content-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+            self.go.wait(10)
+            conn.sendall(b"5\r\nhello\r\n0\r\n\r\n")
         elif parts.path == "/smuggle":
             # A kept-alive response whose body's end is a response head, sent after a pause: a
             # proxy that pooled this connection while the body was unfinished would hand the
@@ -499,6 +504,17 @@ def test_malicious_upstream_is_502(proxy: Server, files: dict[int, tuple[str, st
     wait_until(lambda: MALICIOUS[case].lower() in mark.new().lower(), 5, f"{case} logged")
     wait_until(lambda: held_fds(proxy) <= baseline, 10, "the upstream connection closed")
     still_serves(proxy, files)
+
+
+def test_event_stream_head_is_not_held_for_its_first_event(proxy: Server, raw: RawUpstream) -> None:
+    """The head goes out before the upstream's first chunk exists (an SSE stream may wait
+    minutes for its first event); the event follows."""
+    raw.go.clear()
+    with httpx.Client(timeout=5) as client, client.stream("GET", f"{proxy.url}/raw/late-events") as answer:
+        assert answer.status_code == 200  # the head came while the upstream still waits
+        assert answer.headers["content-type"] == "text/event-stream"
+        raw.go.set()
+        assert answer.read() == b"hello"
 
 
 def test_bad_chunk_after_the_head_closes_the_client(proxy: Server, files: dict[int, tuple[str, str]]) -> None:
