@@ -119,10 +119,14 @@ def _proxy(args: argparse.Namespace) -> None:
 def _announce(what: str, args: argparse.Namespace) -> None:
     from fastbody.capabilities import probe
 
+    try:
+        paths = probe().describe()
+    except OSError as error:  # no loopback to try them on: say so, and serve anyway
+        paths = f"unknown ({error.strerror or error})"
     workers = f"{args.workers} worker{'s' if args.workers != 1 else ''}"
     print(
         f"fastbody: {what} at http://{args.host}:{args.port}/ ({args.server}, {workers});"
-        f" zero-copy on this machine: {probe().describe()}",
+        f" zero-copy on this machine: {paths}",
         file=sys.stderr,
         flush=True,
     )

@@ -17,7 +17,6 @@ import select
 import socket
 import struct
 import termios
-import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
@@ -450,26 +449,30 @@ class BlockingPool(_Pool):
 
 class AsyncPool(_Pool):
     async def acquire(self) -> tuple[socket.socket, bool]:
+        """A connection (and whether it was reused); each resolved address is tried in turn,
+        as ``socket.create_connection`` does (``localhost`` may resolve to ``::1`` first)."""
         sock = self._reusable()
         if sock is not None:
             return sock, True
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(self.upstream.host, self.upstream.port, type=socket.SOCK_STREAM)
-            family, kind, proto, _, address = infos[0]
-            sock = socket.socket(family, kind, proto)
         except OSError as error:
             raise self._refused(error) from None
-        sock.setblocking(False)
-        try:
-            await asyncio.wait_for(loop.sock_connect(sock, address), self.connect_timeout)
-        except (OSError, asyncio.TimeoutError) as error:
-            sock.close()
-            raise self._refused(OSError(str(error) or "connect timed out")) from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.connections_made += 1
-        return sock, False
-
-
-def deadline_left(deadline: float | None) -> float | None:
-    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        failure: BaseException = OSError("no address")
+        for family, kind, proto, _, address in infos:
+            sock = socket.socket(family, kind, proto)
+            sock.setblocking(False)
+            try:
+                await asyncio.wait_for(loop.sock_connect(sock, address), self.connect_timeout)
+            except (OSError, asyncio.TimeoutError) as error:
+                sock.close()
+                failure = error
+                continue
+            except BaseException:  # cancelled: the socket is ours to close
+                sock.close()
+                raise
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.connections_made += 1
+            return sock, False
+        raise self._refused(OSError(str(failure) or "connect timed out"))
