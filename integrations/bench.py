@@ -38,7 +38,7 @@ class Benchmark:
 
 
 SUITE = (
-    Benchmark("gunicorn.py", "gunicorn workers", ("--quick", "--repeat", "1"), (), 6, 1500),
+    Benchmark("gunicorn.py", "gunicorn workers", ("--quick", "--repeat", "1"), (), 3, 1500),
     Benchmark("uvicorn.py", "uvicorn and Starlette", ("--quick", "--repeat", "1"), (), 4, 1500),
     Benchmark("proxy.py", "reverse proxies", ("--quick", "--repeat", "1"), (), 6, 1500),
 )
