@@ -16,6 +16,7 @@ import socket
 import struct
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -138,19 +139,41 @@ def measure(server: Measured, target: str, size: int, feed: bool = False) -> tup
     return used * GIB / size, size / seconds / 1e6
 
 
-def run_wrk(server: Measured, target: str, seconds: int) -> tuple[float, float, str]:
-    """wrk -t1 -c8 on ``target``: (requests/s, server CPU µs per request, errors)."""
+@dataclass(frozen=True)
+class Wrk:
+    """What one ``wrk -t1 -c8`` run measured."""
+
+    rate: float  # requests/s
+    requests: int
+    read: float  # bytes wrk read (to 3 digits, as it prints them)
+    cpu_us: float  # the server's CPU µs per request
+    errors: str
+
+
+_UNITS = {"": 1, "K": KIB, "M": MIB, "G": GIB, "T": GIB * KIB}
+
+
+def wrk(server: Measured, target: str, seconds: int) -> Wrk:
+    """``wrk -t1 -c8`` on ``target``, with the server's CPU measured around it."""
     url = f"http://127.0.0.1:{server.port}{target}"
     before = server.cpu()
     command = ["wrk", "-t1", "-c8", f"-d{seconds}s", "--timeout", "10s", url]
     out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
     used = server.cpu() - before
     rate = re.search(r"Requests/sec:\s*([\d.]+)", out)
-    count = re.search(r"(\d+) requests in", out)
-    if not rate or not count:
+    done = re.search(r"(\d+) requests in [\d.]+\w+, ([\d.]+)([KMGT]?)B read", out)
+    if not rate or not done:
         raise RuntimeError(f"wrk output not understood:\n{out}")
+    requests = int(done[1])
     errors = [m.group(0) for m in re.finditer(r"(Socket errors:.*|Non-2xx or 3xx responses: \d+)", out)]
-    return float(rate[1]), used * 1e6 / max(int(count[1]), 1), "; ".join(errors) or "none"
+    read = float(done[2]) * _UNITS[done[3]]
+    return Wrk(float(rate[1]), requests, read, used * 1e6 / max(requests, 1), "; ".join(errors) or "none")
+
+
+def run_wrk(server: Measured, target: str, seconds: int) -> tuple[float, float, str]:
+    """wrk -t1 -c8 on ``target``: (requests/s, server CPU µs per request, errors)."""
+    run = wrk(server, target, seconds)
+    return run.rate, run.cpu_us, run.errors
 
 
 def make_file(directory: str, size: int) -> str:

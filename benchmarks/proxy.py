@@ -409,29 +409,16 @@ class WrkRun:
     errors: str
 
 
-UNITS = {"": 1, "K": KIB, "M": MIB, "G": GIB, "T": GIB * KIB}
-
-
 def run_wrk(program: Program, target: str, seconds: int, body: int) -> WrkRun:
     """``wrk -t1 -c8`` on ``target``; the bytes wrk read must match the requests it counted."""
-    url = f"http://127.0.0.1:{program.port}{target}"
-    command = ["wrk", "-t1", "-c8", f"-d{seconds}s", "--timeout", "10s", url]
-    before = program.cpu()
-    out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
-    used = program.cpu() - before
-    rate = re.search(r"Requests/sec:\s*([\d.]+)", out)
-    done = re.search(r"(\d+) requests in [\d.]+\w+, ([\d.]+)([KMGT]?)B read", out)
-    if not rate or not done:
-        raise RuntimeError(f"wrk output not understood:\n{out}")
-    requests, read = int(done[1]), float(done[2]) * UNITS[done[3]]
-    errors = [m[0] for m in re.finditer(r"(Socket errors:.*|Non-2xx or 3xx responses: \d+)", out)]
+    run = harness.wrk(program, target, seconds)
     # wrk counts complete responses; it also read (part of) up to 8 more, and prints 3 digits.
-    low, high = 0.99 * requests * body, 1.01 * (requests + 8) * (body + 1024)
-    if requests and not low <= read <= high:
+    low, high = 0.99 * run.requests * body, 1.01 * (run.requests + 8) * (body + 1024)
+    if run.requests and not low <= run.read <= high:
         raise WrongBytes(
-            f"{program.name}: wrk read {read:.0f} bytes in {requests} responses of {body}:\n{out}"
+            f"{program.name}: wrk read {run.read:.0f} bytes in {run.requests} responses of {body}"
         )
-    return WrkRun(float(rate[1]), used * 1e6 / max(requests, 1), "; ".join(errors) or "none")
+    return WrkRun(run.rate, run.cpu_us, run.errors)
 
 
 def small_bodies(

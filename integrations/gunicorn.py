@@ -53,6 +53,8 @@ from gunicorn.workers.sync import SyncWorker
 import fastbody
 from fastbody import readiness
 
+from .failures import log_broken
+
 __all__ = ["FastResponse", "FastSync", "FastThread", "FileWrapper", "Framing", "Pieces", "frame"]
 
 log = logging.getLogger("gunicorn.error")
@@ -351,22 +353,7 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
         self.force_close()
         self.chunked = False  # close() must not end a chunked body it did not finish
         self._pending_crlf = False
-        request = f"{self.req.method} {self.req.path}"
-        of = "" if expected is None else f" of {expected}"
-        if isinstance(error, fastbody.PeerClosedError):
-            log.info("fastbody: client went away after %d%s bytes of %s", error.sent, of, request)
-        elif isinstance(error, fastbody.TransferTimeout):
-            log.warning(
-                "fastbody: no progress for %s s, cut off after %d%s bytes of %s",
-                self._timeout(),
-                error.sent,
-                of,
-                request,
-            )
-        elif isinstance(error, fastbody.IncompleteTransfer):
-            log.error("fastbody: body ended after %d%s bytes of %s: closed", error.sent, of, request)
-        else:
-            log.error("fastbody: transfer failed after %d%s bytes of %s: %s", error.sent, of, request, error)
+        log_broken(log, error, expected, f"{self.req.method} {self.req.path}", self._timeout())
         # Close at once: whatever the worker does next, the client sees the end now.
         with suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)

@@ -226,22 +226,13 @@ class ReverseProxy(_Settings):
                 await self._request(loop, sock, conn, head, framing, receive)
                 response = await run_async(read_head(conn), sock, self.response_timeout)
                 return sock, response
-            except (asyncio.TimeoutError, TimeoutError):
-                sock.close()
-                raise UpstreamError(
-                    f"no response from upstream within {self.response_timeout} s", 504
-                ) from None
-            except (UpstreamError, OSError) as error:
+            except BaseException as error:
                 sock.close()
                 if attempt == 0 and may_retry(error, method, reused, framing):
-                    conn = h11.Connection(h11.CLIENT)
-                    head = conn.send(h11.Request(**_request_fields(head))) or b""
+                    conn, head = _request_again(head)
                     continue
-                if isinstance(error, UpstreamError):
-                    raise
-                raise UpstreamError(f"upstream connection failed: {error}") from None
-            except BaseException:
-                sock.close()
+                if isinstance(error, UpstreamError | OSError | asyncio.TimeoutError):
+                    raise _upstream_failure(error, self.response_timeout) from None
                 raise
         raise AssertionError("unreachable")
 
@@ -389,21 +380,23 @@ class _DisconnectWatch:
 
 
 def _upstream_failure(error: BaseException, timeout: float) -> UpstreamError:
-    """What an error while reading the upstream's response (before the head went out) tells the client."""
+    """What an error talking to the upstream tells the client (502, or 504 for a timeout)."""
     if isinstance(error, UpstreamError):
         return error
-    if isinstance(error, TimeoutError):
+    if isinstance(error, TimeoutError | asyncio.TimeoutError):
         return UpstreamError(f"no response from upstream within {timeout} s", 504)
     return UpstreamError(f"upstream connection failed: {error}")
 
 
-def _request_fields(head: bytes) -> dict[str, Any]:
-    """The fields of a request head we built (to rebuild it for a retry on a new connection)."""
+def _request_again(head: bytes) -> tuple[h11.Connection, bytes]:
+    """A new h11 connection and the same request head, for a retry on a new upstream connection."""
     parser = h11.Connection(h11.SERVER)
     parser.receive_data(head)
     event = parser.next_event()
     assert isinstance(event, h11.Request)
-    return {"method": event.method, "target": event.target, "headers": list(event.headers.raw_items())}
+    conn = h11.Connection(h11.CLIENT)
+    request = h11.Request(method=event.method, target=event.target, headers=list(event.headers.raw_items()))
+    return conn, conn.send(request) or b""
 
 
 # WSGI
@@ -485,22 +478,13 @@ class WSGIReverseProxy(_Settings):
                 sock.sendall(conn.send(h11.EndOfMessage()) or b"")
                 sock.settimeout(None)
                 return sock, run_blocking(read_head(conn), sock, self.response_timeout)
-            except TimeoutError:
-                sock.close()
-                raise UpstreamError(
-                    f"no response from upstream within {self.response_timeout} s", 504
-                ) from None
-            except (UpstreamError, OSError) as error:
+            except BaseException as error:
                 sock.close()
                 if attempt == 0 and may_retry(error, method, reused, framing):
-                    conn = h11.Connection(h11.CLIENT)
-                    head = conn.send(h11.Request(**_request_fields(head))) or b""
+                    conn, head = _request_again(head)
                     continue
-                if isinstance(error, UpstreamError):
-                    raise
-                raise UpstreamError(f"upstream connection failed: {error}") from None
-            except BaseException:
-                sock.close()
+                if isinstance(error, UpstreamError | OSError | asyncio.TimeoutError):
+                    raise _upstream_failure(error, self.response_timeout) from None
                 raise
         raise AssertionError("unreachable")
 

@@ -374,7 +374,7 @@ REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 """Methods a proxy may send again on a new connection (as Go's transport does), bodiless only."""
 
 
-def may_retry(error: Exception, method: str, reused: bool, framing: Framing) -> bool:
+def may_retry(error: BaseException, method: str, reused: bool, framing: Framing) -> bool:
     """Whether a failed exchange is worth one retry on a new connection: a kept-alive connection
     the upstream closed before answering, and a request that can safely be sent twice."""
     stale = isinstance(error, UpstreamClosed | ConnectionResetError | BrokenPipeError)

@@ -26,6 +26,7 @@ import logging
 import os
 import select
 import stat
+from abc import abstractmethod
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from uvicorn.protocols.utils import is_ssl
 import fastbody
 
 from .asgi import EXTENSIONS, PATHSEND, SPLICESEND, ZEROCOPYSEND
+from .failures import log_broken
 
 try:
     from uvicorn.protocols.http import httptools_impl
@@ -275,9 +277,10 @@ class _ZeroCopyCycle:
         if suffix:
             self.transport.write(suffix)
 
+    @abstractmethod
     def _frame(self, count: int) -> tuple[bytes, bytes]:
-        """The framing bytes before and after ``count`` body bytes (by the server's own rules)."""
-        raise NotImplementedError
+        """The framing bytes before and after ``count`` body bytes (by the server's own rules):
+        ``H11Cycle`` asks h11, ``HttpToolsCycle`` follows uvicorn's own state."""
 
     async def _drain_transport(self) -> None:
         """Wait until the transport has written all it holds: our bytes must come after them."""
@@ -349,23 +352,7 @@ class _ZeroCopyCycle:
         self.disconnected = True  # later messages of this response are dropped, as uvicorn does
         self.transport.abort()
         request = f"{self.scope['method']} {self.scope['path']}"
-        of = "" if expected is None else f" of {expected}"
-        if isinstance(error, fastbody.PeerClosedError):
-            log.info("fastbody: client went away after %d%s bytes of %s", error.sent, of, request)
-        elif isinstance(error, fastbody.TransferTimeout):
-            log.warning(
-                "fastbody: no progress for %s s, cut off after %d%s bytes of %s",
-                self.send_timeout,
-                error.sent,
-                of,
-                request,
-            )
-        elif isinstance(error, fastbody.IncompleteTransfer):
-            log.error(
-                "fastbody: body ended after %d%s bytes of %s: connection closed", error.sent, of, request
-            )
-        else:
-            log.error("fastbody: transfer failed after %d%s bytes of %s: %s", error.sent, of, request, error)
+        log_broken(log, error, expected, request, self.send_timeout)
 
 
 def _read(fd: int, size: int, offset: int | None, timeout: float | None) -> bytes:

@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,3 +143,25 @@ def answers(client: Any, url: str) -> bool:
         return bool(client.get(url).status_code == 200)
     except httpx.TransportError:
         return False
+
+
+PROTOCOLS = {"h11": "H11Protocol", "httptools": "HttpToolsProtocol"}
+"""fastbody's uvicorn protocol classes, by uvicorn's own name for the parser."""
+
+UVICORN_CONFIGS = [(http, loop) for loop in ["asyncio", "uvloop"] for http in PROTOCOLS]
+
+
+def start_uvicorn(
+    app: str, app_dir: Path, tmp: Path, http: str, loop: str, *options: str, env: dict[str, str] | None = None
+) -> Server:
+    """``python -m uvicorn APP`` on fastbody's protocol for ``http`` and the ``loop``; skipped,
+    with the reason shown, when uvloop is asked for and cannot be imported."""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop", reason="uvloop not installed")
+    port = free_port()
+    log = tmp / f"uvicorn-{http}-{loop}-{port}.log"
+    command = [sys.executable, "-m", "uvicorn", app, "--app-dir", str(app_dir), "--port", str(port)]
+    command += ["--host", "127.0.0.1", "--loop", loop]
+    command += ["--http", f"fastbody.integrations.uvicorn:{PROTOCOLS[http]}"]
+    scheme = "https" if "--ssl-certfile" in options else "http"
+    return launch([*command, *options], port, log, env=env or {}, scheme=scheme)

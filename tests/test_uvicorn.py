@@ -21,43 +21,31 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 h11 = pytest.importorskip("h11")
 
-from servers import MIB, Server, answers, fetch, free_port, launch, make_certificate, moved, stop, wait_until  # noqa: E402
+from servers import (  # noqa: E402
+    MIB,
+    PROTOCOLS,
+    UVICORN_CONFIGS,
+    Server,
+    answers,
+    fetch,
+    free_port,
+    launch,
+    make_certificate,
+    moved,
+    start_uvicorn,
+    stop,
+    wait_until,
+)
 
 from fastbody.integrations.uvicorn import declared_length, holds_start, with_content_length  # noqa: E402
 
 APPS = Path(__file__).resolve().parent / "apps"
 SIZE = 32 * MIB
-PROTOCOLS = {"h11": "H11Protocol", "httptools": "HttpToolsProtocol"}
-
-
-def _loops() -> list[str]:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return ["asyncio"]
-    return ["asyncio", "uvloop"]
-
-
-CONFIGS = [(http, loop) for loop in ["asyncio", "uvloop"] for http in PROTOCOLS]
 
 
 def start(tmp: Path, http: str, loop: str, *options: str, env: dict[str, str] | None = None) -> Server:
-    if loop not in _loops():
-        pytest.skip("uvloop not installed")
-    port = free_port()
-    log = tmp / f"uvicorn-{http}-{loop}-{port}.log"
-    command = [sys.executable, "-m", "uvicorn", "asgi_app:app", "--app-dir", str(APPS), "--port", str(port)]
-    command += [
-        "--host",
-        "127.0.0.1",
-        "--loop",
-        loop,
-        "--http",
-        f"fastbody.integrations.uvicorn:{PROTOCOLS[http]}",
-    ]
     environment = {"FASTBODY_TEST_STATIC": str(tmp / "static"), **(env or {})}
-    scheme = "https" if "--ssl-certfile" in options else "http"
-    return launch([*command, *options], port, log, env=environment, scheme=scheme)
+    return start_uvicorn("asgi_app:app", APPS, tmp, http, loop, *options, env=environment)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +63,7 @@ def blob(tmp: Path) -> tuple[str, bytes]:
     return str(path), data
 
 
-@pytest.fixture(scope="module", params=CONFIGS, ids=[f"{http}-{loop}" for http, loop in CONFIGS])
+@pytest.fixture(scope="module", params=UVICORN_CONFIGS, ids=[f"{h}-{loop}" for h, loop in UVICORN_CONFIGS])
 def server(request: pytest.FixtureRequest, tmp: Path, blob: tuple[str, bytes]) -> Iterator[Server]:
     http, loop = request.param
     running = start(tmp, http, loop, env={"FASTBODY_SEND_TIMEOUT": "2"})
@@ -111,8 +99,8 @@ def test_content_length_is_read_and_added() -> None:
 @pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
 def test_zero_copy_waits_for_the_transport_buffer(loop_kind: str) -> None:
     """Bytes the transport still holds go out before the engine writes to the socket itself."""
-    if loop_kind not in _loops():
-        pytest.skip("uvloop not installed")
+    if loop_kind == "uvloop":
+        pytest.importorskip("uvloop", reason="uvloop not installed")
     from uvicorn.protocols.http.flow_control import FlowControl
 
     from fastbody.integrations.uvicorn import H11Cycle

@@ -18,7 +18,6 @@ import os
 import re
 import socket
 import struct
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -30,24 +29,15 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
 
-from servers import MIB, Server, fetch, free_port, launch, moved, stop, wait_until  # noqa: E402
+from servers import MIB, UVICORN_CONFIGS, Server, fetch, moved, start_uvicorn, stop, wait_until  # noqa: E402
 
 import fastbody  # noqa: E402
 
 APPS = Path(__file__).resolve().parent / "apps"
 SIZE = 32 * MIB - 12_345  # not a multiple of any chunk size
 SMALL_BODY = 32 * 1024
-PROTOCOLS = {"h11": "H11Protocol", "httptools": "HttpToolsProtocol"}
-CONFIGS = [(http, loop) for loop in ["asyncio", "uvloop"] for http in PROTOCOLS]
+CONFIGS = UVICORN_CONFIGS
 RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
-
-
-def uvloop_missing() -> str | None:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError as error:
-        return f"uvloop not importable: {error}"
-    return None
 
 
 def sha(data: bytes) -> str:
@@ -83,14 +73,8 @@ def server(
     request: pytest.FixtureRequest, tmp: Path, blob: tuple[str, bytes], tiny: tuple[str, bytes]
 ) -> Iterator[Server]:
     http, loop = request.param
-    if loop == "uvloop" and (reason := uvloop_missing()):
-        pytest.skip(reason)
-    port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "zerocopy_app:app", "--app-dir", str(APPS)]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--loop", loop]
-    command += ["--http", f"fastbody.integrations.uvicorn:{PROTOCOLS[http]}"]
     env = {"FASTBODY_TEST_STATIC": str(tmp / "static"), "FASTBODY_SEND_TIMEOUT": "2"}
-    running = launch(command, port, tmp / f"uvicorn-{http}-{loop}-{port}.log", env=env)
+    running = start_uvicorn("zerocopy_app:app", APPS, tmp, http, loop, env=env)
     yield running
     stop(running)
     assert "Traceback" not in running.errors(), running.errors()  # no exception in the app
