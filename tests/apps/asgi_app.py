@@ -144,6 +144,24 @@ async def idle_pipe(scope: Scope, receive: Receive, send: Send) -> None:
             os.close(write_fd)
 
 
+async def iter_headers(scope: Scope, receive: Receive, send: Send) -> None:
+    """A head whose headers are an iterator (the ASGI spec asks for an iterable), then ``hello``."""
+    headers = iter([(b"content-length", b"5"), (b"set-cookie", b"a=1"), (b"x-test", b"yes")])
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"hello", "more_body": False})
+
+
+async def start_only(scope: Scope, receive: Receive, send: Send) -> None:
+    """``http.response.start`` (200, no length) and nothing else: the app returns unfinished."""
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"x-first", b"1")]})
+
+
+async def start_twice(scope: Scope, receive: Receive, send: Send) -> None:
+    """Two ``http.response.start`` messages (the second one is an error the server reports)."""
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"x-first", b"1")]})
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"x-second", b"1")]})
+
+
 def _raw(handler: Any) -> Route:
     return Route(f"/{handler.__name__.removesuffix('_body')}", endpoint=_Raw(handler))
 
@@ -165,6 +183,9 @@ routes = [
     _raw(socket_body),
     Route("/idle-pipe", endpoint=_Raw(idle_pipe)),
     Mount("/fastapi", app=fastapi_app),
+    Route("/iter-headers", endpoint=_Raw(iter_headers)),
+    Route("/start-only", endpoint=_Raw(start_only)),
+    Route("/start-twice", endpoint=_Raw(start_twice)),
 ]
 if os.path.isdir(STATIC):
     routes.append(Mount("/static", app=StaticFiles(directory=STATIC)))
