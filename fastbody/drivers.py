@@ -9,15 +9,18 @@ from __future__ import annotations
 import asyncio
 import os
 import select
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
 
-from .pump import Checkpoint, Event, Pull, Pump, Request, Wait
+from .pump import Checkpoint, Event, Pull, Request, Wait
+
+T = TypeVar("T")
 
 _POLL_EVENTS = {Event.READ: select.POLLIN, Event.WRITE: select.POLLOUT}
 
 
-def run_blocking(pump: Pump, timeout: float | None) -> int:
-    """Run ``pump`` to the end on this thread; the result is the number of bytes sent."""
+def run_blocking(pump: Generator[Request, Any, T], timeout: float | None) -> T:
+    """Run ``pump`` (or any step of its kind) to the end on this thread; its result."""
     try:
         request = next(pump)
         while True:
@@ -28,7 +31,8 @@ def run_blocking(pump: Pump, timeout: float | None) -> int:
             else:
                 request = pump.throw(_no_progress(request, timeout))
     except StopIteration as done:
-        return int(done.value)
+        result: T = done.value
+        return result
     finally:
         pump.close()
 
@@ -40,8 +44,8 @@ def _poll(wait: Wait, timeout: float | None) -> bool:
     return bool(poller.poll(None if timeout is None else timeout * 1000))
 
 
-async def run_async(pump: Pump, timeout: float | None) -> int:
-    """Run ``pump`` on the running loop without blocking it."""
+async def run_async(pump: Generator[Request, Any, T], timeout: float | None) -> T:
+    """Run ``pump`` (or any step of its kind) on the running loop without blocking it."""
     loop = asyncio.get_running_loop()
     # The loop may not watch an fd a transport owns, so waits are registered on dups.
     dups: dict[int, int] = {}
@@ -68,7 +72,8 @@ async def run_async(pump: Pump, timeout: float | None) -> int:
             else:
                 request = pump.throw(_no_progress(request, timeout))
     except StopIteration as done:
-        return int(done.value)
+        result: T = done.value
+        return result
     finally:
         pump.close()  # on cancellation too: the pump releases its pipe and restores modes
         for dup in dups.values():

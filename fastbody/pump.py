@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import io
+import os
 import socket
 import ssl
 import time
@@ -24,8 +25,9 @@ from typing import Any
 
 from . import counters, syscalls
 from .errors import IncompleteTransfer, with_sent
+from .framing import BodyWriter, FramingError
 from .pipes import PIPE_SIZE, PipePool
-from .plan import Path, Trickle, choose_path
+from .plan import Path, Trickle, choose_path, known_length
 from .source import Body, ChunksBody, FileBody, ReaderBody, StreamBody, StreamKind
 
 COPY_BUFFER = 1 << 20
@@ -36,6 +38,15 @@ SENDFILE_STEP = 16 << 20
 
 RELAY_STEP = 16 << 20
 """Bytes the copy loop moves before it hands back (so counts and ``stats`` stay current)."""
+
+KERNEL_WAIT_SLICE = 0.25
+"""Longest wait left to the kernel in one call (``SO_SNDTIMEO``/``SO_RCVTIMEO``) under the
+blocking driver. The kernel's timer restarts with every call and a call that moved a few bytes
+counts as progress, so "no progress for ``timeout``" is the pump's own deadline, checked after
+each slice: a client that stops reading is cut off within a slice of ``timeout``."""
+
+CHUNK_LIMIT = 16 << 20
+"""The most one chunk of an unknown-length body covers (what a socket or pipe has ready)."""
 
 
 class Event(enum.Enum):
@@ -75,16 +86,54 @@ Attempt = Generator[Request, Any, bool]  # False: the copy path is to move the r
 
 @dataclass
 class Destination:
-    """The connected socket the bytes go to."""
+    """The connected socket the bytes go to.
+
+    ``pending`` holds framing bytes (a response head, a chunk's size line, the CRLF after a
+    chunk) that must go out before the next body byte. They are never counted as body bytes:
+    a copy writes them in the same call as the data that follows (``writev``), a kernel path
+    sends them first with ``MSG_MORE`` so that they leave in one packet with its first bytes.
+    """
 
     fd: int
     tls: ssl.SSLSocket | None = None
+    handle: socket.socket | None = None  # a socket object on ``fd``, for ``send`` with flags
+    pending: bytes = b""
 
     def write(self, data: memoryview) -> int | Wait:
-        if self.tls is None:
-            written = syscalls.write(self.fd, data)
-            return Wait(self.fd, Event.WRITE) if written is None else written
-        return _tls_call(self.tls, self.tls.send, data, Event.WRITE)
+        """Write what the socket takes of ``pending`` and then ``data``: the body bytes written."""
+        if self.tls is not None:
+            if self.pending:
+                return self._after_pending(
+                    _tls_call(self.tls, self.tls.send, memoryview(self.pending + data), Event.WRITE)
+                )
+            return _tls_call(self.tls, self.tls.send, data, Event.WRITE)
+        if self.pending:
+            return self._after_pending(syscalls.write_parts(self.fd, [self.pending, data]))
+        written = syscalls.write(self.fd, data)
+        return Wait(self.fd, Event.WRITE) if written is None else written
+
+    def flush(self, *, more: bool) -> Wait | None:
+        """Send what is pending on its own (``more``: body bytes follow at once); ``Wait`` if
+        the socket takes nothing now, ``None`` once nothing is pending."""
+        while self.pending:
+            written: int | Wait | None
+            if self.tls is not None:
+                written = _tls_call(self.tls, self.tls.send, memoryview(self.pending), Event.WRITE)
+            elif self.handle is not None:
+                written = syscalls.send(self.handle, self.pending, more=more)
+            else:
+                written = syscalls.write(self.fd, memoryview(self.pending))
+            if written is None or isinstance(written, Wait):
+                return written or Wait(self.fd, Event.WRITE)
+            self.pending = self.pending[written:]
+        return None
+
+    def _after_pending(self, written: int | Wait | None) -> int | Wait:
+        if written is None or isinstance(written, Wait):
+            return written or Wait(self.fd, Event.WRITE)
+        framing = min(written, len(self.pending))
+        self.pending = self.pending[framing:]
+        return written - framing
 
 
 class Progress:
@@ -93,10 +142,15 @@ class Progress:
     def __init__(self, limit: int | None) -> None:
         self.limit = limit
         self.sent = 0
+        self.at = time.monotonic()  # when the transfer last moved a byte (read or written)
 
     @property
     def done(self) -> bool:
         return self.limit is not None and self.sent >= self.limit
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.limit is None else self.limit - self.sent
 
     def want(self, most: int) -> int:
         """At most ``most`` bytes, and no more than the limit leaves."""
@@ -105,6 +159,12 @@ class Progress:
     def add(self, path: str, count: int) -> None:
         self.sent += count
         counters.add(path, count)
+        if count:
+            self.at = time.monotonic()
+
+    def touch(self) -> None:
+        """Bytes were read (into a pipe): progress, though none was sent yet."""
+        self.at = time.monotonic()
 
 
 class Waits:
@@ -117,10 +177,12 @@ class Waits:
     driver's (``Wait`` requests).
     """
 
-    def __init__(self, timeout: float | None, in_kernel: bool) -> None:
+    def __init__(self, timeout: float | None, in_kernel: bool, progress: Progress) -> None:
         self.timeout = timeout
         self.in_kernel = in_kernel
+        self.progress = progress
         self.kernel_fds: set[int] = set()
+        self.slice = None if timeout is None else min(timeout, KERNEL_WAIT_SLICE)
 
     def prepare(self, fd: int, tls: ssl.SSLSocket | None, timeout_option: int | None) -> ContextManager[None]:
         """Set ``fd`` up for the transfer; ``timeout_option`` is given for sockets only."""
@@ -128,20 +190,32 @@ class Waits:
             return _tls_mode(tls, self.timeout if self.in_kernel else 0.0)
         if self.in_kernel and timeout_option is not None:
             self.kernel_fds.add(fd)
-            return syscalls.kernel_waits(fd, timeout_option, self.timeout)
+            return syscalls.kernel_waits(fd, timeout_option, self.slice)
         return syscalls.nonblocking(fd)
 
     def until(self, fd: int, event: Event) -> Step:
-        """Wait until ``fd`` is ready for ``event`` (the caller just got EAGAIN)."""
+        """Wait until ``fd`` is ready for ``event`` (the caller just got EAGAIN).
+
+        A socket that waits in the kernel has waited one slice already: past the deadline that
+        is a timeout, before it the caller simply makes its call again."""
         if fd in self.kernel_fds:
-            raise TimeoutError(f"no progress for {self.timeout} seconds")
+            if self.timeout is not None and time.monotonic() - self.progress.at >= self.timeout:
+                raise TimeoutError(f"no progress for {self.timeout} seconds")
+            return
         yield Wait(fd, event)
 
     def timed_out(self, fd: int, since: float) -> bool:
-        """Whether an EAGAIN on ``fd`` from a call made at ``since`` was the kernel's timeout."""
-        if fd not in self.kernel_fds or self.timeout is None:
+        """Whether an EAGAIN on ``fd`` from a call made at ``since`` was the kernel's timer."""
+        if fd not in self.kernel_fds or self.slice is None:
             return False
-        return time.monotonic() - since >= self.timeout
+        return time.monotonic() - since >= self.slice
+
+    def partial(self, fd: int, since: float) -> None:
+        """A call on ``fd`` made at ``since`` moved less than asked: if the kernel's timer ended
+        it, the last byte moved a whole slice ago, not now."""
+        if self.timed_out(fd, since):
+            assert self.slice is not None
+            self.progress.at = min(self.progress.at, time.monotonic() - self.slice)
 
     def ahead(self, fd: int) -> bool:
         """Whether to wait before the next read of ``fd`` once a short read emptied it."""
@@ -153,6 +227,7 @@ class _Run:
     dst: Destination
     progress: Progress
     waits: Waits
+    kernel: bool = True  # False: no sendfile, no splice
     next_checkpoint: int = CHECKPOINT_EVERY
 
     def checkpoint(self) -> Step:
@@ -164,13 +239,29 @@ class _Run:
 
 
 def pump(
-    dst: Destination, body: Body, count: int | None, pool: PipePool, *, timeout: float | None, in_kernel: bool
+    dst: Destination,
+    body: Body,
+    count: int | None,
+    pool: PipePool,
+    *,
+    timeout: float | None,
+    in_kernel: bool,
+    framing: BodyWriter | None = None,
+    last: bool = False,
+    kernel: bool = True,
+    progress: Progress | None = None,
 ) -> Pump:
     """Send ``body`` to ``dst``: ``count`` bytes exactly, or until the source ends.
 
     ``in_kernel``: the blocking driver runs this pump, so sockets may wait in the kernel.
+    ``framing``: the body is one piece of an HTTP/1 body framed by that writer (its bytes go
+    around the piece's, chunk by chunk when the length is unknown); ``last``: the piece ends
+    the body. What is pending in ``dst`` goes out before the first body byte, and at the end.
+    ``kernel=False``: every byte is copied (a server's ``--no-sendfile``). ``progress``: where
+    to count (so that a caller still knows the count when the pump is closed half-way).
     """
-    run = _Run(dst, Progress(count), Waits(timeout, in_kernel))
+    progress = progress or Progress(count)
+    run = _Run(dst, progress, Waits(timeout, in_kernel, progress), kernel=kernel)
     with ExitStack() as cleanup:
         if isinstance(body, FileBody):
             cleanup.callback(_settle_file, body, run.progress)
@@ -178,14 +269,26 @@ def pump(
             if not in_kernel:
                 # Under asyncio the caller's fds may be closed while we wait (a transport that is
                 # aborted) and their numbers reused by new connections: work on our own dups.
-                dst.fd = _own_dup(cleanup, dst.fd) if dst.tls is None else dst.fd
+                if dst.tls is None:
+                    dst.handle = cleanup.enter_context(syscalls.own_handle(dst.fd))
+                    dst.fd = dst.handle.fileno()
                 if isinstance(body, StreamBody) and body.tls is None:
                     body.fd = _own_dup(cleanup, body.fd)
             cleanup.enter_context(run.waits.prepare(dst.fd, dst.tls, socket.SO_SNDTIMEO))
             if isinstance(body, StreamBody):
                 option = socket.SO_RCVTIMEO if body.kind is StreamKind.SOCKET else None
                 cleanup.enter_context(run.waits.prepare(body.fd, body.tls, option))
-            yield from _move(run, body, pool)
+            if framing is None:
+                yield from _move(run, body, pool)
+            else:
+                yield from _framed(run, body, pool, framing)
+                if last:
+                    try:
+                        dst.pending += framing.end()
+                    except FramingError:  # a Content-Length the source did not fill
+                        expected = run.progress.sent + (framing.remaining or 0)
+                        raise IncompleteTransfer.short(run.progress.sent, expected) from None
+            yield from _flush(run, more=False)
         except OSError as error:
             raise with_sent(error, run.progress.sent) from error
         except Exception as error:  # a bad chunk, a failing iterator: the count still matters
@@ -202,8 +305,96 @@ def _own_dup(cleanup: ExitStack, fd: int) -> int:
     return dup
 
 
+def _flush(run: _Run, *, more: bool) -> Step:
+    """Send what is pending in the destination (``more``: body bytes follow at once)."""
+    while (blocked := run.dst.flush(more=more)) is not None:
+        yield from run.waits.until(blocked.fd, blocked.event)
+
+
+# -- framed bodies ----------------------------------------------------------------------------
+
+
+def _framed(run: _Run, body: Body, pool: PipePool, framing: BodyWriter) -> Step:
+    """One piece of an HTTP/1 body: its framing bytes around it, chunk by chunk when neither
+    the source nor the framing knows the length."""
+    length = known_length(body, run.progress.limit)
+    if length is None:
+        length = framing.remaining
+    if length is not None:
+        yield from _piece(run, body, pool, framing, length)
+    elif not framing.chunked:
+        yield from _move(run, body, pool)  # delimited by the connection's end
+    elif isinstance(body, StreamBody) and body.tls is None and body.kind is not StreamKind.OTHER:
+        yield from _ready_chunks(run, body, pool, framing)
+    elif isinstance(body, ChunksBody):
+        yield from _copy_chunks(run, body, framing)
+    else:
+        yield from _read_chunks(run, body, framing)
+
+
+def _piece(run: _Run, body: Body, pool: PipePool, framing: BodyWriter, size: int) -> Step:
+    """``size`` bytes of ``body`` with the bytes the framing puts around them."""
+    prefix, suffix = framing.piece(size)
+    run.dst.pending += prefix
+    progress = run.progress
+    end = progress.sent + size
+    progress.limit = end
+    if size:
+        yield from _move(run, body, pool)
+    if progress.sent < end:  # the source ended inside the piece: never frame a short piece
+        raise IncompleteTransfer.short(progress.sent, end)
+    run.dst.pending += suffix
+
+
+def _ready_chunks(run: _Run, body: StreamBody, pool: PipePool, framing: BodyWriter) -> Step:
+    """A socket or pipe of unknown length: each chunk is what it has ready when it becomes
+    readable (``FIONREAD``), and moves by splice. Bytes a buffered reader already pulled into
+    Python (invisible to the kernel) are the first chunk."""
+    if body.buffered is not None:
+        held = _held(body.fd, body.buffered)
+        body.buffered = None
+        if held:
+            yield from _piece(run, ChunksBody(iter([held]), is_async=False), pool, framing, len(held))
+    src = body.fd
+    while True:
+        size = syscalls.pending_bytes(src)
+        if not size:
+            yield Wait(src, Event.READ)  # data, its end, or an error
+            size = syscalls.pending_bytes(src)
+            if not size:  # readable with nothing to read: the end, or a reset to raise
+                if code := syscalls.pending_error(src):
+                    raise OSError(code, os.strerror(code))
+                return
+        yield from _piece(run, body, pool, framing, min(size, CHUNK_LIMIT))
+        yield from run.checkpoint()
+
+
+def _read_chunks(run: _Run, body: Body, framing: BodyWriter) -> Step:
+    """A reader, a TLS socket or a device of unknown length: a chunk per read."""
+    if isinstance(body, ReaderBody):
+        reader: _Reader = _ObjectReader(body.reader)
+    elif isinstance(body, StreamBody) and body.tls is not None:
+        reader = _TlsReader(body.tls)
+    else:
+        assert isinstance(body, StreamBody | FileBody)
+        reader = _FdReader(body.fd, body.offset if isinstance(body, FileBody) else None)
+    buffer = memoryview(bytearray(COPY_BUFFER))
+    while True:
+        got = reader.read_into(buffer)
+        if isinstance(got, Wait):
+            yield from run.waits.until(got.fd, got.event)
+            continue
+        if not got:
+            return
+        prefix, suffix = framing.piece(got)
+        run.dst.pending += prefix
+        yield from _write_all(run, buffer[:got])
+        run.dst.pending += suffix
+        yield from run.checkpoint()
+
+
 def _move(run: _Run, body: Body, pool: PipePool) -> Step:
-    path = choose_path(body, run.progress.limit, tls=run.dst.tls is not None)
+    path = choose_path(body, run.progress.remaining, tls=run.dst.tls is not None or not run.kernel)
     if isinstance(body, FileBody):
         if path is Path.SENDFILE and (yield from _sendfile(run, body)):
             return
@@ -228,9 +419,11 @@ def _move(run: _Run, body: Body, pool: PipePool) -> Step:
 
 def _sendfile(run: _Run, body: FileBody) -> Attempt:
     progress, dst, offset = run.progress, run.dst, body.offset
+    yield from _flush(run, more=True)  # the head leaves with the file's first bytes
     while not progress.done:
+        called, asked = time.monotonic(), progress.want(SENDFILE_STEP)
         try:
-            sent = syscalls.sendfile(dst.fd, body.fd, offset, progress.want(SENDFILE_STEP))
+            sent = syscalls.sendfile(dst.fd, body.fd, offset, asked)
         except OSError as error:
             if offset == body.offset and error.errno in syscalls.CANNOT_START:
                 return False
@@ -242,6 +435,8 @@ def _sendfile(run: _Run, body: FileBody) -> Attempt:
         else:
             offset += sent
             progress.add(counters.SENDFILE, sent)
+            if sent < asked:
+                run.waits.partial(dst.fd, called)
             yield from run.checkpoint()
     return True
 
@@ -275,14 +470,20 @@ def _splice_through_pipe(run: _Run, src: int, pool: PipePool) -> Attempt:
                 yield from waits.until(src, Event.READ)
                 continue
             started, source_emptied = True, filled < asked
+            progress.touch()
+            if dst.pending:  # the head leaves with the first bytes, which are in the pipe now
+                yield from _flush(run, more=True)
             pending = filled
             while pending:
+                called = time.monotonic()
                 drained = syscalls.splice(pipe.read_fd, dst.fd, pending, from_pipe=True)
                 if drained is None:
                     yield from waits.until(dst.fd, Event.WRITE)
                     continue
                 pending -= drained
                 progress.add(counters.SPLICE, drained)
+                if pending:
+                    waits.partial(dst.fd, called)
             empty = True
             if trickle.seen(filled):  # the pipe is empty again: the copy path takes over from here
                 return False
@@ -302,6 +503,8 @@ def _splice_direct(run: _Run, src: int) -> Attempt:
     while not progress.done:
         if emptied and waits.ahead(src):
             yield Wait(src, Event.READ)  # as in _copy: skip the splice that would get EAGAIN
+        if dst.pending:  # with MSG_MORE only if bytes follow at once, or the head waits for them
+            yield from _flush(run, more=syscalls.readable_now(src))
         called = time.monotonic()
         asked = progress.want(syscalls.MAX_STEP)
         try:
@@ -327,6 +530,8 @@ def _splice_direct(run: _Run, src: int) -> Attempt:
             # up, and then the wait returns at once).
             emptied = moved < min(asked, capacity)
             progress.add(counters.SPLICE, moved)
+            if emptied:
+                waits.partial(dst.fd, called)
             yield from run.checkpoint()
     return True
 
@@ -384,10 +589,12 @@ class _ObjectReader(_Reader):
 def _copy(run: _Run, reader: _Reader) -> Step:
     progress = run.progress
     buffer = memoryview(bytearray(max(progress.want(COPY_BUFFER), 1)))
-    if isinstance(reader, _FdReader) and reader.offset is None and run.dst.tls is None:
-        yield from _relay(run, reader.fd, buffer)
-        return
+    relay = isinstance(reader, _FdReader) and reader.offset is None and run.dst.tls is None
     while not progress.done:
+        if relay and not run.dst.pending:  # framing bytes go out with the first data, then the relay
+            assert isinstance(reader, _FdReader)
+            yield from _relay(run, reader.fd, buffer)
+            return
         got = reader.read_into(buffer[: progress.want(len(buffer))])
         if isinstance(got, Wait):
             yield from run.waits.until(got.fd, got.event)
@@ -423,7 +630,8 @@ def _relay(run: _Run, src: int, buffer: memoryview) -> Step:
             yield from run.checkpoint()
 
 
-def _copy_chunks(run: _Run, body: ChunksBody) -> Step:
+def _copy_chunks(run: _Run, body: ChunksBody, framing: BodyWriter | None = None) -> Step:
+    """The chunks one after the other; with ``framing``, each as one piece of the body."""
     progress = run.progress
     while not progress.done:
         if body.is_async:
@@ -437,31 +645,45 @@ def _copy_chunks(run: _Run, body: ChunksBody) -> Step:
         if not isinstance(chunk, (bytes, bytearray, memoryview)):
             raise TypeError(f"body chunks must be bytes-like, got {type(chunk).__name__!r}")
         data = memoryview(chunk).cast("B")
-        yield from _write_all(run, data[: progress.want(len(data))])
+        data = data[: progress.want(len(data))]
+        if framing is None:
+            yield from _write_all(run, data)
+            continue
+        prefix, suffix = framing.piece(len(data))
+        run.dst.pending += prefix
+        yield from _write_all(run, data)
+        run.dst.pending += suffix
 
 
-def _send_buffered(run: _Run, fd: int, reader: io.BufferedReader) -> Step:
-    """Send what ``reader`` already holds in its buffer before the kernel moves the rest."""
-    if run.progress.done:
-        return
+def _held(fd: int, reader: io.BufferedReader, most: int | None = None) -> bytes:
+    """What ``reader`` already holds in its buffer (read into Python, unseen by the kernel),
+    at most ``most`` bytes of it."""
     with syscalls.nonblocking(fd):  # peek() reads once when its buffer is empty: never wait there
         try:
             held = len(reader.peek(1))
         except BlockingIOError:
-            return
-        data = memoryview(reader.read(run.progress.want(held))) if held else None
-    if data is not None:
-        yield from _write_all(run, data)
+            return b""
+        held = held if most is None else min(held, most)
+        return reader.read(held) if held else b""
+
+
+def _send_buffered(run: _Run, fd: int, reader: io.BufferedReader) -> Step:
+    """Send what ``reader`` already holds in its buffer before the kernel moves the rest."""
+    if not run.progress.done and (data := _held(fd, reader, run.progress.want(COPY_BUFFER))):
+        yield from _write_all(run, memoryview(data))
 
 
 def _write_all(run: _Run, data: memoryview) -> Step:
     while data:
+        called = time.monotonic()
         written = run.dst.write(data)
         if isinstance(written, Wait):
             yield from run.waits.until(written.fd, written.event)
             continue
         run.progress.add(counters.COPY, written)
         data = data[written:]
+        if data:
+            run.waits.partial(run.dst.fd, called)
 
 
 # -- set-up and tear-down -------------------------------------------------------------------

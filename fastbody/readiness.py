@@ -11,11 +11,15 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+import socket
+import ssl
+from collections.abc import AsyncGenerator
 
-from . import syscalls
+from . import counters, syscalls
 from .drivers import ready_async
-from .errors import TransferError, TransferTimeout
+from .errors import IncompleteTransfer, TransferError, TransferTimeout
 from .pump import Event
+from .source import FileBody, Source, StreamBody
 
 CHUNK_LIMIT = 16 << 20
 """The most one readiness reports, so that one chunk's size line never covers too much."""
@@ -59,6 +63,86 @@ def buffered(source: object) -> bytes:
         except BlockingIOError:
             return b""
         return bytes(read1(len(held))) if held else b""
+
+
+def readable_now(source: object) -> bool:
+    """Whether reading ``source`` would not wait: bytes, its end or an error are there."""
+    return syscalls.readable_now(_fd(source))
+
+
+def read_some(source: object, size: int) -> bytes:
+    """Up to ``size`` bytes of ``source`` (a socket, a pipe, a file, any object with ``read``),
+    read the ordinary way: for code that must hand bytes to someone else (an iterator that
+    middleware or another server consumes), not for bodies the engine moves itself."""
+    if isinstance(source, socket.socket):  # through the object: a TLS socket decrypts
+        return source.recv(size)
+    read = getattr(source, "read", None)
+    if read is not None:
+        return bytes(read(size))
+    return os.read(_fd(source), size)
+
+
+async def achunks(
+    source: Source, *, size: int = 256 << 10, timeout: float | None = None
+) -> AsyncGenerator[bytes, None]:
+    """The bytes of a described file, socket or pipe as chunks of at most ``size``, read without
+    blocking the loop, for a destination the engine cannot write itself (an asyncio transport
+    that encrypts them: TLS). Each chunk is counted as copied in ``stats()`` as it is handed
+    over. Ends short of the source's ``count`` only with ``IncompleteTransfer``; a stream that
+    sends nothing for ``timeout`` seconds raises ``TransferTimeout``. A file is left positioned
+    after the last byte handed over when its position was where it started (as ``transfer``)."""
+    body, left = source.body, source.length
+    sent = 0
+    if isinstance(body, FileBody):
+        loop = asyncio.get_running_loop()
+        offset = body.offset
+        try:
+            while left is None or sent < left:
+                want = size if left is None else min(size, left - sent)
+                chunk = await loop.run_in_executor(None, syscalls.pread, body.fd, want, offset + sent)
+                if not chunk:
+                    break
+                sent += len(chunk)
+                counters.add(counters.COPY, len(chunk))
+                yield chunk
+        finally:
+            if body.file is not None and hasattr(body.file, "seek"):
+                body.file.seek(offset + sent)
+            source.close()
+    elif isinstance(body, StreamBody):
+        if body.buffered is not None and (held := buffered(body.buffered)):
+            held = held if left is None else held[:left]
+            sent += len(held)
+            counters.add(counters.COPY, len(held))
+            yield held
+        dup = os.dup(body.fd)
+        try:
+            with syscalls.nonblocking(dup):
+                while left is None or sent < left:
+                    want = size if left is None else min(size, left - sent)
+                    data = syscalls.read(dup, want) if body.tls is None else _tls_read(body.tls, want)
+                    if data is None:
+                        if not await ready_async(asyncio.get_running_loop(), dup, Event.READ, timeout):
+                            raise _stalled(timeout, sent)
+                        continue
+                    if not data:
+                        break
+                    sent += len(data)
+                    counters.add(counters.COPY, len(data))
+                    yield data
+        finally:
+            os.close(dup)
+    else:
+        raise TypeError(f"achunks() reads files, sockets and pipes, not {source.kind}s")
+    if left is not None and sent < left:
+        raise IncompleteTransfer.short(sent, left)
+
+
+def _tls_read(sock: ssl.SSLSocket, size: int) -> bytes | None:
+    try:
+        return sock.recv(size)
+    except (ssl.SSLWantReadError, BlockingIOError):
+        return None
 
 
 def _size(fd: int, sent: int) -> int:

@@ -56,8 +56,7 @@ class ReaderBody:
     """A file-like object with no usable fd (``io.BytesIO``, a decompressor, ...)."""
 
     reader: Any
-
-    length = None
+    length: int | None = None  # what a seekable one has left from its position
 
 
 @dataclass
@@ -103,7 +102,7 @@ def classify(source: object, offset: int | None, *, allow_async: bool) -> Body:
         view = memoryview(source).cast("B")
         return ChunksBody(iter([view]), is_async=False, length=len(view))
     if hasattr(source, "readinto") or hasattr(source, "read"):
-        return ReaderBody(source)
+        return ReaderBody(source, _left_to_read(source))
     if hasattr(source, "__aiter__"):
         if not allow_async:
             name = type(source).__name__
@@ -139,6 +138,88 @@ def _file_body(file: Any, fd: int, offset: int | None, *, owned: bool) -> FileBo
     return FileBody(fd, position, size, file=file, owned=file if owned else None)
 
 
+def _left_to_read(reader: Any) -> int | None:
+    """The bytes a seekable file-like has from its position to its end (``None``: unknown)."""
+    try:
+        if not reader.seekable():
+            return None
+        position = reader.tell()
+        end = reader.seek(0, os.SEEK_END)
+        reader.seek(position)
+    except (AttributeError, OSError, ValueError):
+        return None
+    return max(int(end) - int(position), 0)
+
+
 def _no_offset(offset: int | None, source: object) -> None:
     if offset is not None:
         raise ValueError(f"offset applies to regular files only, not to {type(source).__name__!r}")
+
+
+@dataclass
+class Source:
+    """What a source is, told before a byte of it moves (``fastbody.describe``): one
+    description that every integration reads its length and kind from, and that ``transfer``
+    and ``ResponseWriter`` take in place of the source itself."""
+
+    body: Body
+    count: int | None  # bytes to send; None: until the source ends
+
+    @property
+    def kind(self) -> str:
+        """``file``, ``socket``, ``pipe``, ``device``, ``reader`` or ``chunks``."""
+        body = self.body
+        if isinstance(body, FileBody):
+            return "file"
+        if isinstance(body, StreamBody):
+            return {StreamKind.SOCKET: "socket", StreamKind.PIPE: "pipe"}.get(body.kind, "device")
+        return "reader" if isinstance(body, ReaderBody) else "chunks"
+
+    @property
+    def length(self) -> int | None:
+        """The bytes a transfer will move, when that is known before it starts."""
+        if self.body.length is None:
+            return self.count
+        return self.body.length if self.count is None else min(self.body.length, self.count)
+
+    @property
+    def fd(self) -> int | None:
+        return self.body.fd if isinstance(self.body, FileBody | StreamBody) else None
+
+    @property
+    def offset(self) -> int | None:
+        """Where a file's bytes start (its position, or the offset asked for)."""
+        return self.body.offset if isinstance(self.body, FileBody) else None
+
+    def close(self) -> None:
+        """Close what fastbody opened (the file of a path); the caller's own objects stay open."""
+        if isinstance(self.body, FileBody) and self.body.owned is not None:
+            self.body.owned.close()
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def describe(source: object, *, offset: int | None = None, count: int | None = None) -> Source:
+    """The ``Source`` for ``source``: its kind, its fd, where a file starts, how many bytes a
+    transfer of ``count`` (or to the end) will move. ``TypeError`` for what cannot be sent;
+    ``ValueError`` for a ``count`` more than a regular file holds from where it starts, so that
+    a server refuses it before it promises that length in a head. A path is opened here:
+    ``close()`` the source (or use it as a context manager) if it is not sent."""
+    if isinstance(source, Source):
+        return source
+    if count is not None and count < 0:
+        raise ValueError(f"count must be None or >= 0, not {count}")
+    if offset is not None and offset < 0:
+        raise ValueError(f"offset must be None or >= 0, not {offset}")
+    described = Source(classify(source, offset, allow_async=True), count)
+    body = described.body
+    if isinstance(body, FileBody) and count is not None and count > body.length:
+        described.close()
+        raise ValueError(
+            f"count {count} is more than the {body.length} bytes the file holds from offset {body.offset}"
+        )
+    return described

@@ -70,12 +70,72 @@ def read_into(fd: int, buffer: memoryview, offset: int | None = None) -> int | N
         return None
 
 
+def peek(sock: socket.socket, size: int) -> bytes | None:
+    """Up to ``size`` bytes waiting in ``sock``, left there (``MSG_PEEK``); ``None`` if none yet."""
+    try:
+        return sock.recv(size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None
+
+
+def take(sock: socket.socket, size: int) -> bytes:
+    """Exactly ``size`` bytes that a peek saw waiting in ``sock``."""
+    data = sock.recv(size, socket.MSG_DONTWAIT)
+    if len(data) != size:
+        raise OSError(f"socket gave {len(data)} of {size} bytes it had shown")
+    return data
+
+
+def pread(fd: int, size: int, offset: int) -> bytes:
+    """Up to ``size`` bytes of file ``fd`` from ``offset`` (its position left alone)."""
+    return os.pread(fd, size, offset)
+
+
+def read(fd: int, size: int) -> bytes | None:
+    """Up to ``size`` bytes of ``fd``; ``None`` on EAGAIN."""
+    try:
+        return os.read(fd, size)
+    except BlockingIOError:
+        return None
+
+
 def write(fd: int, data: memoryview) -> int | None:
     """Write what the socket takes of ``data``; ``None`` if it takes nothing now."""
     try:
         return os.write(fd, data)
     except BlockingIOError:
         return None
+
+
+def write_parts(fd: int, parts: list[bytes | memoryview]) -> int | None:
+    """Write ``parts`` in one call (``writev``), as far as the socket takes them; ``None`` if
+    it takes nothing now."""
+    try:
+        return os.writev(fd, parts)
+    except BlockingIOError:
+        return None
+
+
+def send(handle: socket.socket, data: bytes, *, more: bool) -> int | None:
+    """``send`` on a socket object, with ``MSG_MORE`` when ``more`` (TCP holds the bytes for
+    what follows at once, so a head leaves in one packet with the body's first bytes)."""
+    flags = socket.MSG_MORE if more and handle.family in (socket.AF_INET, socket.AF_INET6) else 0
+    try:
+        return handle.send(data, flags)
+    except BlockingIOError:
+        return None
+
+
+@contextmanager
+def own_handle(fd: int) -> Iterator[socket.socket]:
+    """A non-blocking socket object on a dup of socket ``fd``, closed afterwards: for calls with
+    flags on an fd that somebody else owns (an asyncio transport's)."""
+    handle = socket.socket(fileno=os.dup(fd))
+    try:
+        handle.setblocking(False)
+        yield handle
+    finally:
+        handle.close()
 
 
 class Stop(enum.Enum):

@@ -10,7 +10,7 @@ from . import syscalls
 from .drivers import run_async, run_blocking
 from .pipes import PipePool, default_pool
 from .pump import Destination, Pump, pump
-from .source import classify
+from .source import Body, Source, classify
 
 
 def transfer(
@@ -69,13 +69,26 @@ def _pump(
         raise ValueError(f"offset must be None or >= 0, not {offset}")
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout must be None or >= 0, not {timeout}")
-    body = classify(source, offset, allow_async=not blocking)
-    return pump(_destination(sock), body, count, pool, timeout=timeout, in_kernel=blocking)
+    body, count = source_body(source, offset, count, blocking=blocking)
+    return pump(destination(sock), body, count, pool, timeout=timeout, in_kernel=blocking)
 
 
-def _destination(sock: socket.socket) -> Destination:
+def source_body(
+    source: object, offset: int | None, count: int | None, *, blocking: bool
+) -> tuple[Body, int | None]:
+    """The body to move and the count: from a ``Source`` described earlier, or classified now."""
+    if isinstance(source, Source):
+        if offset is not None:
+            raise ValueError("offset belongs in describe(), not beside a described source")
+        return source.body, source.count if count is None else count
+    return classify(source, offset, allow_async=not blocking), count
+
+
+def destination(sock: socket.socket) -> Destination:
     fileno = getattr(sock, "fileno", None)
     fd = fileno() if fileno is not None else -1
     if not isinstance(fd, int) or fd < 0 or syscalls.file_type(fd) != stat.S_IFSOCK:
         raise TypeError(f"sock must be a connected stream socket, not {sock!r}")
-    return Destination(fd, tls=sock if isinstance(sock, ssl.SSLSocket) else None)
+    if isinstance(sock, ssl.SSLSocket):
+        return Destination(fd, tls=sock)
+    return Destination(fd, handle=sock if isinstance(sock, socket.socket) else None)

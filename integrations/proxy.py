@@ -19,34 +19,29 @@ import asyncio
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, MutableMapping
-from contextlib import closing
+from contextlib import aclosing, closing
 from typing import Any
 from urllib.parse import quote
 
 import h11
 
 import fastbody
+from fastbody.framing import Delimit, Framing
+from fastbody.heads import arun, run
 
 from .asgi import SPLICESEND
 from .upstream import (
     AsyncPool,
     BlockingPool,
-    BodyKind,
-    Framing,
     Upstream,
     UpstreamError,
-    bytes_consumed,
+    chunk_after,
     forwarded_headers,
     may_retry,
-    read_chunk_end,
     read_chunk_header,
     read_head,
     read_trailers,
-    readable_now,
     request_framing,
-    response_framing,
-    run_async,
-    run_blocking,
     strip_hop_by_hop,
     wants_upgrade,
 )
@@ -99,7 +94,7 @@ class _Settings:
             scheme=scheme,
             upstream=self.upstream,
             preserve_host=self.preserve_host,
-            framing=framing,
+            request=framing,
         )
         return conn.send(h11.Request(method=method, target=target, headers=sent)) or b"", framing
 
@@ -176,7 +171,7 @@ class ReverseProxy(_Settings):
         conn = h11.Connection(h11.CLIENT)
         head, framing = self.request_head(conn, scope["method"], target, headers, client, scope["scheme"])
         try:
-            sock, response = await self._exchange(scope["method"], conn, head, framing, receive)
+            sock, response, body = await self._exchange(scope["method"], conn, head, framing, receive)
         except UpstreamError as error:
             log.error("proxy: %s %s: %s", scope["method"], target.decode("latin-1"), error)
             await self._error(send, error.status, str(error))
@@ -184,15 +179,10 @@ class ReverseProxy(_Settings):
         except _ClientGone:
             return
         try:
-            body = response_framing(scope["method"], response.status_code, list(response.headers.raw_items()))
             # A chunked body's first size line, when it is there already, is read before the head
             # goes out: a bad one is still a 502 (after the head, the client could only be told by
             # a closed connection). One not there yet (an event stream) does not hold the head.
-            first = (
-                await run_async(read_chunk_header(), sock, self.response_timeout)
-                if _ready(body, sock)
-                else None
-            )
+            first = await arun(read_chunk_header(sock), self.response_timeout) if _ready(body, sock) else None
         except (UpstreamError, OSError) as error:
             sock.close()
             failure = _upstream_failure(error, self.response_timeout)
@@ -216,16 +206,15 @@ class ReverseProxy(_Settings):
 
     async def _exchange(
         self, method: str, conn: h11.Connection, head: bytes, framing: Framing, receive: Callable[..., Any]
-    ) -> tuple[socket.socket, h11.Response]:
+    ) -> tuple[socket.socket, h11.Response, Framing]:
         """Send the request upstream and read the response head; a kept-alive connection that
         the upstream closed before answering is retried once on a new one (``may_retry``)."""
-        loop = asyncio.get_running_loop()
         for attempt in range(2):
             sock, reused = await self.pool.acquire()
             try:
-                await self._request(loop, sock, conn, head, framing, receive)
-                response = await run_async(read_head(conn), sock, self.response_timeout)
-                return sock, response
+                await self._request(sock, conn, head, framing, receive)
+                response, body = await arun(read_head(sock, conn, method), self.response_timeout)
+                return sock, response, body
             except BaseException as error:
                 sock.close()
                 if attempt == 0 and may_retry(error, method, reused, framing):
@@ -238,29 +227,25 @@ class ReverseProxy(_Settings):
 
     async def _request(
         self,
-        loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
         conn: h11.Connection,
         head: bytes,
         framing: Framing,
         receive: Callable[..., Any],
     ) -> None:
-        async def write(data: bytes) -> None:
-            # The upstream must accept what it is sent within response_timeout; a slow client
-            # uploading a big body is not the upstream's delay.
-            if data:
-                await asyncio.wait_for(loop.sock_sendall(sock, data), self.response_timeout)
-
-        await write(head)
-        more = framing.kind is not BodyKind.NONE
+        # The upstream must take what it is sent within response_timeout; a slow client
+        # uploading a big body is not the upstream's delay. The head is framing, the body's
+        # bytes are counted as moved.
+        writer = fastbody.ResponseWriter(sock, framing, head=head, timeout=self.response_timeout)
+        more = framing.delimit is not Delimit.NONE
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise _ClientGone
             more = bool(message.get("more_body", False))
             if data := message.get("body", b""):
-                await write(conn.send(h11.Data(data=data)) or b"")
-        await write(conn.send(h11.EndOfMessage()) or b"")
+                await writer.asend(data)
+        await writer.aend()
 
     async def _body(
         self,
@@ -274,45 +259,22 @@ class ReverseProxy(_Settings):
         """Forward the response body; whether it ended exactly as framed (the connection is clean)."""
         zero_copy = SPLICESEND in scope.get("extensions", {})
         timeout = self.response_timeout
-        if framing.kind is BodyKind.NONE:
+        if framing.delimit is Delimit.NONE:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return True
-        if framing.kind is BodyKind.LENGTH:
-            return await self._forward_exactly(sock, framing.length, zero_copy, send, client_gone, False)
-        if framing.kind is BodyKind.CLOSE:
+        if framing.delimit is Delimit.LENGTH:
+            return await self._forward(sock, framing.length, zero_copy, send, client_gone, False)
+        if framing.delimit is Delimit.CLOSE:
             await self._forward(sock, None, zero_copy, send, client_gone, False)
             return False
-        size = first_chunk if first_chunk is not None else await run_async(read_chunk_header(), sock, timeout)
+        size = first_chunk if first_chunk is not None else await arun(read_chunk_header(sock), timeout)
         while size:
-            if (
-                not await self._forward_exactly(sock, size, zero_copy, send, client_gone, True)
-                or client_gone()
-            ):
+            if not await self._forward(sock, size, zero_copy, send, client_gone, True) or client_gone():
                 return False  # the chunk was not all sent: what follows in the socket is not a size line
-            await run_async(read_chunk_end(), sock, timeout)
-            size = await run_async(read_chunk_header(), sock, timeout)
-        await run_async(read_trailers(), sock, timeout)
+            size = await arun(chunk_after(sock), timeout)
+        await arun(read_trailers(sock), timeout)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return True
-
-    async def _forward_exactly(
-        self,
-        sock: socket.socket,
-        count: int,
-        zero_copy: bool,
-        send: Callable[..., Any],
-        client_gone: Callable[[], bool],
-        more_body: bool,
-    ) -> bool:
-        """``_forward`` of ``count`` bytes, True only if exactly that many left the upstream
-        socket. A server drops a zero-copy message once the client has gone (``send`` returns
-        as if it had sent): the bytes then still wait in the socket (or are on their way), and
-        the connection must be closed, not pooled, nor its next bytes read as a chunk size."""
-        before = bytes_consumed(sock)
-        if not await self._forward(sock, count, zero_copy, send, client_gone, more_body):
-            return False
-        after = bytes_consumed(sock)
-        return before is not None and after is not None and after - before == count
 
     async def _forward(
         self,
@@ -323,34 +285,31 @@ class ReverseProxy(_Settings):
         client_gone: Callable[[], bool],
         more_body: bool,
     ) -> bool:
-        """``count`` bytes (None: to the end) of the upstream socket to the client; False when
-        the upstream ended early (the server has closed the client's connection) or, copying,
-        when the client went away (a server drops body messages to a closed connection)."""
+        """``count`` bytes (None: to the end) of the upstream socket to the client; True only if
+        exactly that many left the upstream socket (the connection is clean). The server's
+        ``send`` raises when a zero-copy body could not be sent whole (with the bytes it sent):
+        an upstream that ended early, a client gone or cut off. Copying, a client gone is seen
+        here (a server drops body messages to a closed connection)."""
         if zero_copy:
             try:
                 await send({"type": SPLICESEND, "source": sock, "count": count, "more_body": more_body})
             except fastbody.IncompleteTransfer as error:
                 log.error("proxy: upstream closed after %d of %s body bytes", error.sent, count)
                 return False
+            except fastbody.TransferError:
+                return False  # the client's side failed: the server has said why
             return True
-        loop = asyncio.get_running_loop()
-        left = count
-        while left is None or left > 0:
-            if client_gone():
-                return False
-            data = await asyncio.wait_for(
-                loop.sock_recv(sock, COPY_CHUNK if left is None else min(left, COPY_CHUNK)),
-                self.response_timeout,
-            )
-            if not data:
-                if left is None:
-                    break
-                raise UpstreamError(f"upstream closed with {left} of {count} body bytes unsent")
-            await send({"type": "http.response.body", "body": data, "more_body": True})
-            left = None if left is None else left - len(data)
+        chunks = fastbody.achunks(
+            fastbody.describe(sock, count=count), size=COPY_CHUNK, timeout=self.response_timeout
+        )
+        async with aclosing(chunks):
+            async for data in chunks:
+                if client_gone():
+                    return False
+                await send({"type": "http.response.body", "body": data, "more_body": True})
         if not more_body:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return True
+        return not client_gone()
 
     async def _error(self, send: Callable[..., Any], status: int, text: str) -> None:
         headers, body = _plain(text)
@@ -424,16 +383,13 @@ class WSGIReverseProxy(_Settings):
         client = environ.get("REMOTE_ADDR")
         head, framing = self.request_head(conn, method, target, headers, client, environ["wsgi.url_scheme"])
         try:
-            sock, response = self._exchange(method, conn, head, framing, environ["wsgi.input"])
+            sock, response, body = self._exchange(method, conn, head, framing, environ["wsgi.input"])
         except UpstreamError as error:
             log.error("proxy: %s %s: %s", method, target.decode("latin-1"), error)
             return self._error(start_response, error.status, str(error))
         try:
-            body = response_framing(method, response.status_code, list(response.headers.raw_items()))
             # As in ReverseProxy: a bad first chunk-size line is a 502, before the head goes out.
-            first = (
-                run_blocking(read_chunk_header(), sock, self.response_timeout) if _ready(body, sock) else None
-            )
+            first = run(read_chunk_header(sock), self.response_timeout) if _ready(body, sock) else None
         except (UpstreamError, OSError) as error:
             sock.close()
             failure = _upstream_failure(error, self.response_timeout)
@@ -444,40 +400,36 @@ class WSGIReverseProxy(_Settings):
             status, [(n.decode("latin-1"), v.decode("latin-1")) for n, v in _response_headers(response)]
         )
         reusable = _reusable(response)
-        if body.kind is BodyKind.NONE:
+        if body.delimit is Delimit.NONE:
             self.pool.release(sock, reusable)
             return []
         wrapper: Any = environ.get("wsgi.file_wrapper")
         # Another server's wrapper would take the socket for a file (gunicorn's would sendfile
         # from it): there the bytes are read and iterated instead.
         zero_copy = getattr(wrapper, "__module__", "").startswith("fastbody.")
-        if body.kind is BodyKind.CHUNKED:
-            if not zero_copy:
-                return self._chunks(sock, first, reusable)
-            from .gunicorn import Pieces  # loaded already: the wrapper is its FileWrapper
-
-            return wrapper(Pieces(self._pieces(sock, first, reusable)))  # type: ignore[no-any-return]
-        source = _UpstreamBody(
-            sock, self.pool, body.length if body.kind is BodyKind.LENGTH else None, reusable
-        )
+        if body.delimit is Delimit.CLOSE:
+            source = _UpstreamBody(sock)
+            return wrapper(source) if zero_copy else _read_all(source)
+        pieces = self._pieces(sock, body, first, reusable)
         if not zero_copy:
-            sock.settimeout(self.response_timeout)  # a stalled upstream raises TimeoutError
-            return _read_all(source)
-        return wrapper(source, length=source.left)  # type: ignore[no-any-return]
+            return self._read_pieces(sock, pieces)
+        from .gunicorn import Pieces  # loaded already: the wrapper is its FileWrapper
+
+        return wrapper(Pieces(pieces))  # type: ignore[no-any-return]
 
     def _exchange(
         self, method: str, conn: h11.Connection, head: bytes, framing: Framing, body: Any
-    ) -> tuple[socket.socket, h11.Response]:
+    ) -> tuple[socket.socket, h11.Response, Framing]:
         for attempt in range(2):
             sock, reused = self.pool.acquire()
             try:
-                sock.settimeout(self.response_timeout)
-                sock.sendall(head)
-                while framing.kind is not BodyKind.NONE and (data := body.read(COPY_CHUNK)):
-                    sock.sendall(conn.send(h11.Data(data=data)) or b"")
-                sock.sendall(conn.send(h11.EndOfMessage()) or b"")
-                sock.settimeout(None)
-                return sock, run_blocking(read_head(conn), sock, self.response_timeout)
+                timeout = self.response_timeout
+                writer = fastbody.ResponseWriter(sock, framing, head=head, timeout=timeout)
+                while framing.delimit is not Delimit.NONE and (data := body.read(COPY_CHUNK)):
+                    writer.send(data)
+                writer.end()
+                response, delimited = run(read_head(sock, conn, method), timeout)
+                return sock, response, delimited
             except BaseException as error:
                 sock.close()
                 if attempt == 0 and may_retry(error, method, reused, framing):
@@ -489,31 +441,39 @@ class WSGIReverseProxy(_Settings):
         raise AssertionError("unreachable")
 
     def _pieces(
-        self, sock: socket.socket, size: int | None, reusable: bool
+        self, sock: socket.socket, body: Framing, size: int | None, reusable: bool
     ) -> Generator[tuple[socket.socket, int], None, None]:
-        """A chunked body as ``(socket, chunk size)`` pieces, each to be moved whole before the
-        next is asked for (``size``: the first chunk's, if already read). The connection goes
-        back to the pool only after the last chunk and the trailers were read."""
+        """The body as ``(socket, count)`` pieces: a Content-Length body whole, a chunked one
+        chunk by chunk (``size``: the first chunk's, if already read). The server asks for the
+        next piece only once it sent the one before whole, so the connection goes back to the
+        pool only when the last was asked for and the trailers were read: exactly the body's
+        bytes left the socket."""
         clean = False
+        timeout = self.response_timeout
         try:
+            if body.delimit is Delimit.LENGTH:
+                if body.length:
+                    yield sock, body.length
+                clean = True
+                return
             if size is None:
-                size = run_blocking(read_chunk_header(), sock, self.response_timeout)
+                size = run(read_chunk_header(sock), timeout)
             while size:
                 yield sock, size
-                run_blocking(read_chunk_end(), sock, self.response_timeout)
-                size = run_blocking(read_chunk_header(), sock, self.response_timeout)
-            run_blocking(read_trailers(), sock, self.response_timeout)
+                size = run(chunk_after(sock), timeout)
+            run(read_trailers(sock), timeout)
             clean = True
         except (UpstreamError, OSError) as error:
-            failure = _upstream_failure(error, self.response_timeout)
+            failure = _upstream_failure(error, timeout)
             raise fastbody.IncompleteTransfer.make(None, f"upstream failed mid-body: {failure}", 0) from None
         finally:
             self.pool.release(sock, reusable and clean)
 
-    def _chunks(self, sock: socket.socket, size: int | None, reusable: bool) -> Iterator[bytes]:
+    def _read_pieces(
+        self, sock: socket.socket, pieces: Generator[tuple[socket.socket, int], None, None]
+    ) -> Iterator[bytes]:
         """The same pieces read into Python, for a server without fastbody's wrapper."""
         sock.settimeout(self.response_timeout)  # a stalled upstream raises TimeoutError
-        pieces = self._pieces(sock, size, reusable)
         with closing(pieces):
             for _, count in pieces:
                 yield from _read_exactly(sock, count)
@@ -526,49 +486,36 @@ class WSGIReverseProxy(_Settings):
 
 
 class _UpstreamBody:
-    """An upstream socket as a WSGI body source: fastbody's wrapper splices from ``fileno()``;
-    any other server's wrapper calls ``read``. ``close`` hands the connection back to the pool
-    when the body was read exactly (nothing unread, not closed)."""
+    """A close-delimited upstream body as a WSGI body source: fastbody's wrapper splices from
+    ``fileno()``; any other server's wrapper calls ``read``. The connection ends with it."""
 
-    def __init__(self, sock: socket.socket, pool: BlockingPool, length: int | None, reusable: bool) -> None:
-        self.sock, self.pool, self.left, self.reusable = sock, pool, length, reusable
-        self.read_count = 0
-        self.start = bytes_consumed(sock)
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
     def read(self, size: int = COPY_CHUNK) -> bytes:
-        want = size if self.left is None else min(size, self.left - self.read_count)
-        data = self.sock.recv(want) if want > 0 else b""
-        self.read_count += len(data)
-        return data
+        return fastbody.read_some(self.sock, size)
 
     def close(self) -> None:
-        """Back to the pool only if exactly the body's bytes left the socket: a client that went
-        away mid-body (the server stops splicing) leaves the rest unread or still arriving."""
-        if self.sock.fileno() >= 0:
-            now = bytes_consumed(self.sock)
-            exact = self.start is not None and now is not None and now - self.start == self.left
-            self.pool.release(self.sock, self.reusable and self.left is not None and exact)
+        self.sock.close()
 
 
 def _read_exactly(sock: socket.socket, size: int) -> Iterator[bytes]:
     while size > 0:
-        data = sock.recv(min(size, COPY_CHUNK))
+        data = fastbody.read_some(sock, min(size, COPY_CHUNK))
         if not data:
-            raise UpstreamError(f"upstream closed inside a chunk ({size} bytes missing)")
+            raise UpstreamError(f"upstream closed inside the body ({size} bytes missing)")
         size -= len(data)
         yield data
 
 
 def _read_all(source: _UpstreamBody) -> Iterator[bytes]:
+    source.sock.settimeout(None)
     try:
         while data := source.read():
             yield data
-        if source.left is not None and source.read_count < source.left:
-            # Raising makes the server close the connection instead of passing off a short body.
-            raise UpstreamError(f"upstream closed after {source.read_count} of {source.left} body bytes")
     finally:
         source.close()
 
@@ -582,7 +529,7 @@ def _response_headers(response: h11.Response) -> Headers:
 
 def _ready(framing: Framing, sock: socket.socket) -> bool:
     """Whether a chunked body's first size line can be read before the head goes out."""
-    return framing.chunked and readable_now(sock)
+    return framing.delimit is Delimit.CHUNKED and fastbody.readable_now(sock)
 
 
 def _asgi_path(scope: MutableMapping[str, Any]) -> bytes:

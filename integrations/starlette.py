@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
-import ssl
 import stat
 from collections.abc import (
     AsyncGenerator,
@@ -45,7 +43,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import aclosing, asynccontextmanager
+from contextlib import aclosing, asynccontextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from mimetypes import guess_type
@@ -167,10 +165,10 @@ class ZeroCopyResponse(StreamingResponse):
             self._init_path(
                 content, status_code, headers, media_type, filename, stat_result, content_disposition_type
             )
-        elif (fd := _fileno(content)) is not None:
+        elif _fileno(content) is not None:
             if stat_result is not None:
                 raise ValueError("stat_result applies to paths only")
-            body = _body_for_descriptor(cast(HasFileno, content), fd, count)
+            body = _body_for_descriptor(cast(HasFileno, content), count)
             self._init_descriptor(body, status_code, headers, media_type, filename, content_disposition_type)
         elif isinstance(content, bytes | bytearray | memoryview):
             raise TypeError("ZeroCopyResponse takes no bytes: use Response(content) for a body in memory")
@@ -258,7 +256,9 @@ class ZeroCopyResponse(StreamingResponse):
             return
         reply = self._reply
         await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
-        await reply.send_body(send)
+        # A client gone or cut off: the server has closed the connection and logged why.
+        with suppress(fastbody.PeerClosedError, fastbody.TransferTimeout):
+            await reply.send_body(send)
 
     def _head_only(self, scope: Scope) -> bool:
         if scope["type"] != "http":
@@ -383,12 +383,12 @@ class _PathBody:
 class _FileBody:
     """A binary file object handed in by the app: sent from its position, then closed."""
 
-    def __init__(self, file: HasFileno, fd: int, count: int | None) -> None:
+    def __init__(self, file: HasFileno, source: fastbody.Source) -> None:
         self.file = file
-        tell = getattr(file, "tell", None)
-        # A buffered file's tell() counts what its buffer already read: where a read() would start.
-        self.offset: int = tell() if tell is not None else os.lseek(fd, 0, os.SEEK_CUR)
-        self.length: int = count if count is not None else max(os.fstat(fd).st_size - self.offset, 0)
+        # Where a read() would start (a buffered file's tell() counts its buffer), and what is
+        # left; a count past the end is refused here, before any head could promise it.
+        self.offset: int = source.offset or 0
+        self.length: int = source.length or 0
 
     async def prepare(
         self, scope: Scope, status: int, headers: list[tuple[bytes, bytes]], head_only: bool
@@ -406,7 +406,7 @@ class _FileBody:
         return guessed or "application/octet-stream"
 
     def chunks(self) -> AsyncGenerator[bytes, None]:
-        return _file_chunks(self.file.fileno(), FileRange(self.offset, self.length))
+        return _file_chunks(self.file, FileRange(self.offset, self.length))
 
     def close(self) -> None:
         _close(self.file)
@@ -478,7 +478,7 @@ async def _send_parts(file: HasFileno, parts: list[BodyPart], send: Send, *, zer
                 }
             )
         else:
-            await _copy_chunks(_file_chunks(file.fileno(), part), send)
+            await _copy_chunks(_file_chunks(file, part), send)
             if not more_body:
                 await send(_END_OF_BODY)
 
@@ -499,64 +499,26 @@ async def _copy_chunks(chunks: AsyncGenerator[bytes, None], send: Send) -> None:
 
 
 async def _path_chunks(path: str | os.PathLike[str]) -> AsyncGenerator[bytes, None]:
-    async with _opened(path) as file:
-        fd = file.fileno()
-        async with aclosing(_file_chunks(fd, FileRange(0, os.fstat(fd).st_size))) as chunks:
-            async for chunk in chunks:
-                yield chunk
+    async with _opened(path) as file, aclosing(_file_chunks(file, None)) as chunks:
+        async for chunk in chunks:
+            yield chunk
 
 
-async def _file_chunks(fd: int, part: FileRange) -> AsyncGenerator[bytes, None]:
-    """``part`` of the file, read in a worker thread 64 KiB at a time as FileResponse does.
-
-    ``pread``: explicit offsets, whatever the file object's position and buffer.
-    """
-    offset, end = part.offset, part.offset + part.count
-    while offset < end:
-        chunk = await anyio.to_thread.run_sync(os.pread, fd, min(CHUNK_SIZE, end - offset), offset)
-        if not chunk:  # the file shrank since its size was taken: never pass off a short body
-            raise fastbody.IncompleteTransfer.short(offset - part.offset, part.count)
-        offset += len(chunk)
-        yield chunk
+def _file_chunks(file: HasFileno, part: FileRange | None) -> AsyncGenerator[bytes, None]:
+    """``part`` of the file (all of it for ``None``), read 64 KiB at a time off the loop, as
+    FileResponse reads; from explicit offsets, whatever the file object's position. A file
+    that shrank since its size was taken ends in ``IncompleteTransfer``, never a short body."""
+    if part is None:
+        return fastbody.achunks(fastbody.describe(file, offset=0), size=CHUNK_SIZE)
+    source = fastbody.describe(file, offset=part.offset)
+    return fastbody.achunks(fastbody.Source(source.body, part.count), size=CHUNK_SIZE)
 
 
-async def _stream_chunks(stream: HasFileno, count: int | None) -> AsyncGenerator[bytes, None]:
-    """A socket's or pipe's bytes as they arrive, until its end or ``count``.
-
-    Reads are non-blocking, waited for with ``anyio.wait_readable``: a disconnect cancels the
-    wait at once, where a thread blocked in ``read`` would hold the response until the source
-    sends again.
-    """
-    held = fastbody.buffered(stream)  # what a buffered reader (Popen.stdout) already pulled in
-    _make_nonblocking(stream)
-    sent = 0
-    while count is None or sent < count:
-        size = CHUNK_SIZE if count is None else min(CHUNK_SIZE, count - sent)
-        chunk, held = (held[:size], held[size:]) if held else (await _read_when_ready(stream, size), b"")
-        if not chunk:
-            break
-        sent += len(chunk)
-        yield chunk
-    if count is not None and sent < count:
-        raise fastbody.IncompleteTransfer.short(sent, count)
-
-
-async def _read_when_ready(stream: HasFileno, size: int) -> bytes:
-    while True:
-        try:
-            if isinstance(stream, socket.socket):  # through the object: a TLS socket decrypts
-                return stream.recv(size)
-            return os.read(stream.fileno(), size)
-        except (BlockingIOError, ssl.SSLWantReadError):
-            await anyio.wait_readable(stream)
-
-
-def _make_nonblocking(stream: HasFileno) -> None:
-    # The response owns the stream and closes it afterwards: no mode to restore.
-    if isinstance(stream, socket.socket):
-        stream.setblocking(False)
-    else:
-        os.set_blocking(stream.fileno(), False)
+def _stream_chunks(stream: HasFileno, count: int | None) -> AsyncGenerator[bytes, None]:
+    """A socket's or pipe's bytes as they arrive, until its end or ``count``: waited for on the
+    loop, so that a disconnect cancels the wait at once (a thread blocked in ``read`` would
+    hold the response until the source sends again)."""
+    return fastbody.achunks(fastbody.describe(stream, count=count), size=CHUNK_SIZE)
 
 
 @asynccontextmanager
@@ -594,11 +556,11 @@ def _fileno(content: object) -> int | None:
     return fd if isinstance(fd, int) else None
 
 
-def _body_for_descriptor(content: HasFileno, fd: int, count: int | None) -> _FileBody | _StreamBody:
-    mode = os.fstat(fd).st_mode
-    if stat.S_ISREG(mode):
-        return _FileBody(content, fd, count)
-    if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
+def _body_for_descriptor(content: HasFileno, count: int | None) -> _FileBody | _StreamBody:
+    source = fastbody.describe(content, count=count)
+    if source.kind == "file":
+        return _FileBody(content, source)
+    if source.kind in ("socket", "pipe"):
         return _StreamBody(content, count)
     raise TypeError(f"cannot send {type(content).__name__!r}: its fd is neither a file, a socket nor a pipe")
 

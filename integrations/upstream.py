@@ -1,28 +1,27 @@
 """The upstream side of fastbody's reverse proxy, free of any server: the request head it sends,
 how it reads the response head and body framing, and its keep-alive connection pools.
 
-Reading is done with ``MSG_PEEK`` so that not one body byte is read into Python: the head (and
-each chunk-size line) is taken off the socket exactly, and the body bytes stay in the kernel for
-splice. The steps are generators that yield I/O requests (``Peek``/``Take``), run by a blocking
-driver (WSGI) and an asyncio one (ASGI): one parser, two ways to wait.
+Not one body byte is read into Python: the head (and each chunk-size line) is taken off the
+socket exactly by the engine (``fastbody.heads.take_through``), and the body bytes stay in the
+kernel for splice. The reading steps below are engine steps composed with h11's parsing and
+``fastbody.framing``'s rules, run by the engine's drivers: ``fastbody.heads.run`` for the WSGI
+proxy, ``arun`` for the ASGI one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
-import fcntl
 import os
-import select
 import socket
-import struct
-import termios
-from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
 import h11
+
+import fastbody
+from fastbody import framing
+from fastbody.framing import Delimit, Framing
+from fastbody.heads import HeadTooLarge, Step, take_through
 
 MAX_HEAD = 64 << 10
 """The largest upstream response head accepted (larger: 502)."""
@@ -98,65 +97,15 @@ def wants_upgrade(headers: list[tuple[bytes, bytes]]) -> bool:
     return False
 
 
-class BodyKind(enum.Enum):
-    NONE = "none"  # HEAD, 1xx, 204, 304
-    LENGTH = "length"
-    CHUNKED = "chunked"
-    CLOSE = "close"  # delimited by the upstream closing the connection
-
-
-@dataclass(frozen=True)
-class Framing:
-    kind: BodyKind
-    length: int = 0
-
-    @property
-    def chunked(self) -> bool:
-        return self.kind is BodyKind.CHUNKED
-
-
 def request_framing(headers: list[tuple[bytes, bytes]]) -> Framing:
-    """How the client's request body is framed (it is forwarded framed the same way)."""
+    """How the client's request body is framed (it is forwarded framed the same way; the
+    server in front has checked it already)."""
     lengths = [value for name, value in headers if name.lower() == b"content-length"]
-    chunked = any(name.lower() == b"transfer-encoding" for name, _ in headers)
-    if chunked:
-        return Framing(BodyKind.CHUNKED)
+    if any(name.lower() == b"transfer-encoding" for name, _ in headers):
+        return Framing(Delimit.CHUNKED)
     if lengths:
-        return Framing(BodyKind.LENGTH, int(lengths[0]))
-    return Framing(BodyKind.NONE)
-
-
-def response_framing(method: str, status: int, headers: list[tuple[bytes, bytes]]) -> Framing:
-    """How the upstream's response body is delimited; ambiguous framing (the stuff of request
-    smuggling) is refused rather than guessed."""
-    lengths = [value.strip() for name, value in headers if name.lower() == b"content-length"]
-    codings = [value.strip().lower() for name, value in headers if name.lower() == b"transfer-encoding"]
-    if lengths and codings:
-        raise UpstreamError("upstream sent both Content-Length and Transfer-Encoding")
-    if len(set(lengths)) > 1 or any(b"," in value for value in lengths):
-        raise UpstreamError("upstream sent conflicting Content-Length values")
-    if lengths and not lengths[0].isdigit():
-        raise UpstreamError(f"upstream sent an invalid Content-Length: {lengths[0]!r}")
-    if codings and codings != [b"chunked"]:
-        raise UpstreamError(f"upstream sent an unsupported Transfer-Encoding: {codings!r}")
-    if method == "HEAD" or status < 200 or status in (204, 304):
-        return Framing(BodyKind.NONE)
-    if codings:
-        return Framing(BodyKind.CHUNKED)
-    if lengths:
-        return Framing(BodyKind.LENGTH, int(lengths[0]))
-    return Framing(BodyKind.CLOSE)
-
-
-def chunk_size(line: bytes) -> int:
-    """The size in a chunk-size line (``1a2b;ext=1\\r\\n``); anything malformed is refused."""
-    size, _, _extensions = line[:-2].partition(b";")
-    size = size.rstrip(b" \t")
-    if not line.endswith(b"\r\n") or not size or len(size) > 15:
-        raise UpstreamError(f"invalid chunk-size line from upstream: {line[:40]!r}")
-    if any(byte not in b"0123456789abcdefABCDEF" for byte in size):
-        raise UpstreamError(f"invalid chunk size from upstream: {size[:40]!r}")
-    return int(size, 16)
+        return Framing(Delimit.LENGTH, framing.content_length(lengths[0]))
+    return Framing(Delimit.NONE)
 
 
 def forwarded_headers(
@@ -166,7 +115,7 @@ def forwarded_headers(
     scheme: str,
     upstream: Upstream,
     preserve_host: bool,
-    framing: Framing,
+    request: Framing,
 ) -> list[tuple[bytes, bytes]]:
     """The request headers sent upstream: hop-by-hop removed, Host set, X-Forwarded-* added,
     and the body's framing restated (it was hop-by-hop)."""
@@ -180,215 +129,102 @@ def forwarded_headers(
     if chain:
         out.append((b"x-forwarded-for", chain))
     out += [(b"x-forwarded-proto", scheme.encode()), (b"x-forwarded-host", host)]
-    if framing.kind is BodyKind.LENGTH:
-        out.append((b"content-length", b"%d" % framing.length))
-    elif framing.kind is BodyKind.CHUNKED:
+    if request.delimit is Delimit.LENGTH:
+        out.append((b"content-length", b"%d" % (request.length or 0)))
+    elif request.delimit is Delimit.CHUNKED:
         out.append((b"transfer-encoding", b"chunked"))
     return out
 
 
-# Reading with MSG_PEEK: steps and their two drivers
+# Reading: engine steps, parsed here
 
 
-@dataclass(frozen=True)
-class Peek:
-    """Wait until the socket has bytes (or its end); see up to ``size`` of them, unread."""
-
-    size: int
-
-
-@dataclass(frozen=True)
-class Take:
-    """Read exactly ``size`` bytes that a peek has seen (they are in the socket already)."""
-
-    size: int
+def _take_through(sock: socket.socket, terminator: bytes, limit: int, what: str) -> Step[bytes]:
+    try:
+        taken = yield from take_through(sock, terminator, limit)
+    except HeadTooLarge:
+        raise UpstreamError(f"upstream {what} larger than {limit} bytes") from None
+    if not taken.endswith(terminator):
+        if not taken and what == "response head":
+            raise UpstreamClosed("upstream closed the connection before responding")
+        raise UpstreamError(f"upstream closed the connection inside the {what}")
+    return taken
 
 
-Step = Generator[Peek | Take, bytes, Any]
-
-
-def read_through(terminator: bytes, limit: int, what: str) -> Step:
-    """Take bytes off the socket up to and including the first ``terminator``; no byte more."""
-    taken = b""
-    while True:
-        seen = yield Peek(limit + len(terminator) - len(taken))
-        if not seen:
-            if not taken and what == "response head":
-                raise UpstreamClosed("upstream closed the connection before responding")
-            raise UpstreamError(f"upstream closed the connection inside the {what}")
-        found = (taken[-len(terminator) + 1 :] + seen).find(terminator)
-        if found >= 0:
-            # Bytes of ``seen`` up to the end of the terminator (it may have begun in ``taken``).
-            need = found + len(terminator) - min(len(taken), len(terminator) - 1)
-            taken += yield Take(need)
-            return taken
-        if len(taken) + len(seen) > limit:
-            raise UpstreamError(f"upstream {what} larger than {limit} bytes")
-        taken += yield Take(len(seen))
-
-
-def framing_fields(head: bytes) -> None:
-    """Refuse repeated framing fields in a raw head: h11 silently merges identical duplicate
-    ``Content-Length`` fields (and ``5, 5``), which a proxy must not forward as if unambiguous."""
-    lengths = encodings = 0
+def _raw_fields(head: bytes) -> list[tuple[bytes, bytes]]:
+    """The header fields of a raw head as sent (h11 merges repeated Content-Length fields, which
+    a proxy must refuse rather than forward as if unambiguous)."""
+    fields = []
     for line in head.split(b"\r\n")[1:]:
         name, colon, value = line.partition(b":")
-        if not colon:
-            continue
-        name = name.strip().lower()
-        if name == b"content-length":
-            lengths += 1
-            if b"," in value:
-                raise UpstreamError("upstream sent a Content-Length list")
-        elif name == b"transfer-encoding":
-            encodings += 1
-    if lengths > 1:
-        raise UpstreamError("upstream sent duplicate Content-Length fields")
-    if encodings > 1:
-        raise UpstreamError("upstream sent duplicate Transfer-Encoding fields")
+        if colon:
+            fields.append((name.strip(), value))
+    return fields
 
 
-def read_head(conn: h11.Connection) -> Generator[Peek | Take, bytes, h11.Response]:
-    """The response head (1xx informational heads skipped), parsed by h11."""
+def read_head(sock: socket.socket, conn: h11.Connection, method: str) -> Step[tuple[h11.Response, Framing]]:
+    """The response head (1xx informational heads skipped), parsed by h11, and how its body is
+    delimited; ambiguous framing (the stuff of request smuggling) is refused, never guessed."""
     while True:
-        head = yield from read_through(b"\r\n\r\n", MAX_HEAD, "response head")
-        framing_fields(head)
+        head = yield from _take_through(sock, b"\r\n\r\n", MAX_HEAD, "response head")
+        try:
+            fields = framing.declared(_raw_fields(head))
+        except framing.FramingError as error:
+            raise UpstreamError(f"upstream sent {error}") from None
         conn.receive_data(head)
         try:
             event = conn.next_event()
         except h11.RemoteProtocolError as error:
             raise UpstreamError(f"invalid response head from upstream: {error}") from None
         if isinstance(event, h11.Response):
-            return event
+            return event, framing.for_message(method=method, status=event.status_code, declared=fields)
         if not isinstance(event, h11.InformationalResponse) or event.status_code == 101:
             raise UpstreamError(f"unexpected response from upstream: {event!r}")
 
 
-def read_chunk_header() -> Generator[Peek | Take, bytes, int]:
-    return chunk_size((yield from read_through(b"\r\n", MAX_LINE, "chunk-size line")))
+def read_chunk_header(sock: socket.socket) -> Step[int]:
+    line = yield from _take_through(sock, b"\r\n", MAX_LINE, "chunk-size line")
+    try:
+        return framing.chunk_size(line)
+    except framing.FramingError as error:
+        raise UpstreamError(f"upstream sent an {error}") from None
 
 
-def read_chunk_end() -> Generator[Peek | Take, bytes, None]:
-    if (yield from read_through(b"\r\n", 2, "chunk end")) != b"\r\n":
+def read_chunk_end(sock: socket.socket) -> Step[None]:
+    if (yield from _take_through(sock, b"\r\n", 2, "chunk end")) != b"\r\n":
         raise UpstreamError("chunk data not followed by CRLF")
 
 
-def read_trailers() -> Generator[Peek | Take, bytes, None]:
+def read_trailers(sock: socket.socket) -> Step[None]:
     """Trailer fields after the last chunk (dropped: hop-by-hop to this proxy), up to the blank line."""
     total = 0
-    while (line := (yield from read_through(b"\r\n", MAX_LINE, "trailer"))) != b"\r\n":
+    while (line := (yield from _take_through(sock, b"\r\n", MAX_LINE, "trailer"))) != b"\r\n":
         total += len(line)
         if total > MAX_HEAD:
             raise UpstreamError("upstream trailers too large")
 
 
-def run_blocking(step: Step, sock: socket.socket, timeout: float | None) -> Any:
-    """Run ``step`` on a blocking socket; ``TimeoutError`` when no byte comes for ``timeout``."""
-    try:
-        request = next(step)
-        while True:
-            if isinstance(request, Peek):
-                if not _poll(sock, timeout):
-                    raise TimeoutError(f"upstream sent nothing for {timeout} s")
-                request = step.send(sock.recv(request.size, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-            else:
-                request = step.send(_take(sock, request.size))
-    except StopIteration as done:
-        return done.value
-
-
-async def run_async(step: Step, sock: socket.socket, timeout: float | None) -> Any:
-    """Run ``step`` on a non-blocking socket on the running loop (never owned by a transport)."""
-    loop = asyncio.get_running_loop()
-    try:
-        request = next(step)
-        while True:
-            if isinstance(request, Peek):
-                seen = await asyncio.wait_for(_peek_async(loop, sock, request.size), timeout)
-                request = step.send(seen)
-            else:
-                request = step.send(_take(sock, request.size))
-    except StopIteration as done:
-        return done.value
-
-
-async def _peek_async(loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int) -> bytes:
-    while True:
-        try:
-            return sock.recv(size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            ready = loop.create_future()
-            loop.add_reader(sock.fileno(), ready.set_result, None)
-            try:
-                await ready
-            finally:
-                loop.remove_reader(sock.fileno())
-
-
-def _take(sock: socket.socket, size: int) -> bytes:
-    data = sock.recv(size, socket.MSG_DONTWAIT)  # peeked already: all of it is there
-    if len(data) != size:
-        raise UpstreamError(f"upstream socket gave {len(data)} of {size} peeked bytes")
-    return data
-
-
-def _poll(sock: socket.socket, timeout: float | None) -> bool:
-    poller = select.poll()
-    poller.register(sock.fileno(), select.POLLIN)
-    return bool(poller.poll(None if timeout is None else timeout * 1000))
-
-
-_TCPI_BYTES_RECEIVED = 128
-"""Offset of ``tcpi_bytes_received`` (u64, Linux >= 4.1) in ``struct tcp_info``."""
-
-
-def bytes_consumed(sock: socket.socket) -> int | None:
-    """Bytes this side has read off the connection so far, by whoever read them (recv here,
-    splice in the server): what the peer's data advanced the stream by, minus what still
-    waits unread. ``None`` when the kernel cannot say. The one way to know, whatever server
-    moved a body, that exactly the body's bytes were consumed: the connection is then clean."""
-    # The two counts are read apart while bytes may still arrive: they agree only when the
-    # stream did not advance between two readings of what was received, around the unread count.
-    try:
-        received = _bytes_received(sock)
-        for _ in range(100):
-            unread = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
-            again = _bytes_received(sock)
-            if received is None or again == received:
-                return None if received is None else received - int(unread)
-            received = again
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def _bytes_received(sock: socket.socket) -> int | None:
-    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
-    if len(info) < _TCPI_BYTES_RECEIVED + 8:
-        return None
-    received: int = struct.unpack_from("Q", info, _TCPI_BYTES_RECEIVED)[0]
-    return received
+def chunk_after(sock: socket.socket) -> Step[int]:
+    """The size of the next chunk, once the one before it was forwarded whole (0: the last)."""
+    yield from read_chunk_end(sock)
+    return (yield from read_chunk_header(sock))
 
 
 REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 """Methods a proxy may send again on a new connection (as Go's transport does), bodiless only."""
 
 
-def may_retry(error: BaseException, method: str, reused: bool, framing: Framing) -> bool:
+def may_retry(error: BaseException, method: str, reused: bool, request: Framing) -> bool:
     """Whether a failed exchange is worth one retry on a new connection: a kept-alive connection
     the upstream closed before answering, and a request that can safely be sent twice."""
     stale = isinstance(error, UpstreamClosed | ConnectionResetError | BrokenPipeError)
-    return stale and reused and method in REPLAYABLE and framing.kind is BodyKind.NONE
-
-
-def readable_now(sock: socket.socket) -> bool:
-    return _poll(sock, 0)
+    return stale and reused and method in REPLAYABLE and request.delimit is Delimit.NONE
 
 
 def idle_and_clean(sock: socket.socket) -> bool:
     """Whether a kept-alive upstream connection may carry another request: nothing unread and
     not closed (a readable idle connection has either stray bytes or its end)."""
-    return sock.fileno() >= 0 and not _poll(sock, 0)
+    return sock.fileno() >= 0 and not fastbody.readable_now(sock)
 
 
 # Connection pools

@@ -179,3 +179,40 @@ def close_fed(source: socket.socket) -> None:
     thread = _feeders.pop(source)
     thread.join(10)
     assert not thread.is_alive()
+
+
+class ArrivalWatch:
+    """When bytes last arrived at a socket that nobody reads: its receive queue (``FIONREAD``)
+    polled every 10 ms on a thread. A peer that stops reading still takes a few bytes now and
+    then (window probes, buffer autotuning); "no progress for T" is timed from the last."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        import fcntl
+        import struct
+        import termios
+        import time
+
+        self._clock = time.monotonic
+        self.last = self._clock()
+        self._stop = threading.Event()
+
+        def watch() -> None:
+            seen = -1
+            while not self._stop.wait(0.01):
+                try:
+                    queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+                except OSError:
+                    return
+                if queued != seen:
+                    seen, self.last = queued, self._clock()
+
+        self._thread = threading.Thread(target=watch, daemon=True)
+        self._thread.start()
+
+    def idle(self) -> float:
+        """Seconds since bytes last arrived."""
+        return self._clock() - self.last
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)

@@ -31,6 +31,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("gunicorn")
 pytest.importorskip("starlette")
 
+from conftest import ArrivalWatch  # noqa: E402
 from servers import (  # noqa: E402
     MIB,
     PROTOCOLS,
@@ -178,19 +179,14 @@ def start_proxy(tmp: Path, kind: str, upstream: ClosingUpstream) -> Server:
     return launch(command, port, log, env=env)
 
 
-CUT_BY_UPSTREAM_FIN = pytest.mark.xfail(
-    strict=True,
-    raises=httpx.RemoteProtocolError,
-    reason=f"ASGI proxy cuts a chunked body the upstream's FIN follows, {ISSUE}",
-)
 
 
 @pytest.mark.parametrize(
     "kind",
     [
-        pytest.param("h11", marks=CUT_BY_UPSTREAM_FIN),
-        pytest.param("httptools", marks=CUT_BY_UPSTREAM_FIN),
-        "gthread",  # WSGIReverseProxy: whole on today's main
+        "h11",
+        "httptools",
+        "gthread",
     ],
 )
 def test_chunked_body_then_upstream_close_arrives_whole(
@@ -221,9 +217,6 @@ def asgi_server(request: pytest.FixtureRequest, tmp: Path) -> Iterator[Server]:
     stop(running)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason=f"uvicorn protocols drop headers given as an iterator, {ISSUE}"
-)
 def test_headers_given_as_an_iterator_are_sent(asgi_server: Server) -> None:
     """``headers`` may be any iterable of pairs: every one of them reaches the client."""
     answer = httpx.get(f"{asgi_server.url}/iter-headers", timeout=10)
@@ -234,9 +227,6 @@ def test_headers_given_as_an_iterator_are_sent(asgi_server: Server) -> None:
     assert answer.content == b"hello"
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason=f"a held head turns an unfinished response into a 500, {ISSUE}"
-)
 @pytest.mark.parametrize("route", ["/start-only", "/start-twice"], ids=["start-only", "start-twice"])
 def test_the_apps_first_head_is_what_the_client_gets(asgi_server: Server, route: str) -> None:
     """As stock uvicorn does: an app that sends its (length-less) 200 head and then returns
@@ -266,9 +256,6 @@ def zerocopy_server(request: pytest.FixtureRequest, tmp: Path) -> Iterator[Serve
     stop(running)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason=f"ZeroCopyResponse count past EOF sends a 200 head, {ISSUE}"
-)
 def test_count_past_the_end_of_the_file_is_refused_before_the_head(
     zerocopy_server: Server, small_file: tuple[str, bytes]
 ) -> None:
@@ -281,9 +268,6 @@ def test_count_past_the_end_of_the_file_is_refused_before_the_head(
     assert b"200 OK" not in response, response[:300]
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason=f"ZeroCopyResponse count past EOF sends a 200 head, {ISSUE}"
-)
 def test_count_past_the_end_of_the_file_under_test_client(small_file: tuple[str, bytes]) -> None:
     """The same response in-process under Starlette's ``TestClient`` (the streaming fallback):
     a 500, not a 200 whose Content-Length promises n."""
@@ -340,9 +324,6 @@ def stalled_client(port: int) -> socket.socket:
     return client
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason=f"gunicorn send timeout is about 4x --timeout, {ISSUE}"
-)
 def test_gunicorn_cuts_off_a_client_that_reads_nothing_after_timeout(
     gunicorn_server: Server, stall_file: str
 ) -> None:
@@ -353,7 +334,9 @@ def test_gunicorn_cuts_off_a_client_that_reads_nothing_after_timeout(
     (its FIN queues behind the unsent body), so the moment is when the worker logs its
     "no progress for" line, polled every 50 ms on its error log. The clock starts when the
     client has read the response head (it reads nothing after that); the server's socket buffer
-    fills within milliseconds of it, so the server's idle time starts then too."""
+    fills within milliseconds of it, but the kernel keeps taking bytes for up to about a second
+    more while it grows that buffer (autotuning), and that is progress the server sees: so the
+    cut comes 3 s after that, within 3 - 1 and 3 + 1.5 s of the stall (it was 12 s)."""
     server = gunicorn_server
     pid = server.info()["pid"]
     mark = len(server.errors())
@@ -363,7 +346,7 @@ def test_gunicorn_cuts_off_a_client_that_reads_nothing_after_timeout(
         assert client.recv(1024).startswith(b"HTTP/1.1 200")
         stalled = time.monotonic()
         cut = f"no progress for {float(GUNICORN_TIMEOUT)} s"
-        limit = GUNICORN_TIMEOUT + 1
+        limit = GUNICORN_TIMEOUT + 1.5
         wait_until(lambda: cut in server.errors()[mark:], limit, f"{cut!r} logged after the client stalled")
         elapsed = time.monotonic() - stalled
         assert elapsed >= GUNICORN_TIMEOUT - 1, elapsed
@@ -408,21 +391,17 @@ def reset_later(receiver: socket.socket, delay: float) -> threading.Timer:
 @pytest.mark.parametrize(
     "kind",
     [
-        pytest.param(
-            "transfer",
-            marks=pytest.mark.xfail(
-                strict=True, raises=AssertionError, reason=f"transfer's timeout is about 4x timeout=, {ISSUE}"
-            ),
-        ),
-        "atransfer",  # on time on today's main
+        "transfer",
+        "atransfer",
     ],
 )
 def test_engine_times_out_a_peer_that_reads_nothing(stall_file: str, kind: str) -> None:
     """``transfer``/``atransfer(sock, file, timeout=2)`` to a peer that never reads raise
-    ``TransferTimeout`` 2 ± 1 s after the transfer stops making progress."""
+    ``TransferTimeout`` 2 ± 1 s after the transfer stops making progress: after the last byte
+    reached the peer (which still takes a few bytes now and then after it stopped reading)."""
     sender, receiver = stalled_pair()
-    timer = reset_later(receiver, ENGINE_TIMEOUT + 1.5)
-    started = time.monotonic()
+    timer = reset_later(receiver, ENGINE_TIMEOUT + 2.5)
+    arrivals = ArrivalWatch(receiver)
     try:
         with open(stall_file, "rb") as body:
 
@@ -435,7 +414,8 @@ def test_engine_times_out_a_peer_that_reads_nothing(stall_file: str, kind: str) 
 
             with pytest.raises(fastbody.TransferError) as raised:
                 call()
-        elapsed = time.monotonic() - started
+        elapsed = arrivals.idle()
+        arrivals.stop()
         assert isinstance(raised.value, fastbody.TransferTimeout), (type(raised.value).__name__, elapsed)
         assert ENGINE_TIMEOUT - 1 <= elapsed <= ENGINE_TIMEOUT + 1, elapsed
         assert 0 < raised.value.sent < STALL_FILE
@@ -449,11 +429,6 @@ def test_engine_times_out_a_peer_that_reads_nothing(stall_file: str, kind: str) 
 # 6. fastbody.stats() counts the bodies the integrations write themselves
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=f"small file_wrapper bodies are not counted in stats(), {ISSUE}",
-)
 @pytest.mark.parametrize("size", [KIB, 20 * KIB], ids=["1KiB", "20KiB"])
 def test_small_file_wrapper_bodies_are_counted(gunicorn_server: Server, tmp: Path, size: int) -> None:
     """A ``wsgi.file_wrapper`` body of a small file (<= 32 KiB, sent with the head in one
@@ -484,11 +459,6 @@ def tls_file(tmp: Path) -> tuple[str, bytes]:
     return str(path), data
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=f"bodies copied through TLS are not counted in stats(), {ISSUE}",
-)
 @pytest.mark.parametrize(
     "app,http",
     [("asgi_app:app", "h11"), ("zerocopy_app:app", "httptools")],

@@ -32,8 +32,6 @@ from servers import (  # noqa: E402
     wait_until,
 )
 
-from fastbody.integrations.gunicorn import Framing, frame  # noqa: E402
-
 APPS = Path(__file__).resolve().parent / "apps"
 WORKERS = ["sync", "gthread"]
 
@@ -80,38 +78,6 @@ def server(request: pytest.FixtureRequest, tmp: Path) -> Iterator[Server]:
     running = start(tmp, request.param)
     yield running
     stop(running)
-
-
-# The framing decision, without sockets
-
-
-def test_framing_adds_content_length_when_known() -> None:
-    assert frame(app_length=None, known_length=10, http11=True, omits_body=False) == Framing(
-        10, 10, False, False
-    )
-
-
-def test_framing_keeps_app_length_and_closes_on_short_source() -> None:
-    assert frame(app_length=10, known_length=None, http11=True, omits_body=False) == Framing(
-        None, 10, False, False
-    )
-    assert frame(app_length=10, known_length=4, http11=True, omits_body=False) == Framing(
-        None, 4, False, True
-    )
-
-
-def test_framing_unknown_length() -> None:
-    assert frame(app_length=None, known_length=None, http11=True, omits_body=False) == Framing(
-        None, None, True, False
-    )
-    assert frame(app_length=None, known_length=None, http11=False, omits_body=False) == Framing(
-        None, None, False, True
-    )
-
-
-def test_framing_without_body() -> None:
-    assert frame(app_length=None, known_length=7, http11=True, omits_body=True) == Framing(7, 0, False, False)
-    assert frame(app_length=5, known_length=7, http11=True, omits_body=True) == Framing(None, 0, False, False)
 
 
 # Files

@@ -66,7 +66,8 @@ async def zerocopy(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def short(scope: Scope, receive: Receive, send: Send) -> None:
-    """A zerocopysend asking for more bytes than the file has: the connection must close."""
+    """A zerocopysend asking for more bytes than the file has, after a head that promised them:
+    refused, the connection must close."""
     query = _query(scope)
     with open(query["path"], "rb") as source:
         size = os.fstat(source.fileno()).st_size
