@@ -1,0 +1,73 @@
+"""``results.md``: the benchmarks' Markdown as printed, one section each under a line about this
+machine, and the rows of its tables that the chart draws."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+
+def section(title: str, script: str, output: str) -> str:
+    """One benchmark's part of the report: its title and script, then its output."""
+    return f"## {title} (`benchmarks/{script}`)\n\n{output.strip()}\n"
+
+
+def document(sections: list[str]) -> str:
+    """The whole of ``results.md``."""
+    return "# fastbody bench\n\n" + _machine() + "\n".join(sections)
+
+
+def _machine() -> str:
+    import platform
+
+    return f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}.\n\n"
+
+
+# The rows to draw
+
+
+@dataclass(frozen=True)
+class Row:
+    scenario: str
+    server: str
+    mb_s: float
+    cpu_s_per_gib: float
+
+
+def parse_rows(markdown: str) -> list[Row]:
+    """Rows of every table that has a server column, an MB/s column and a CPU s/GiB column."""
+    rows: list[Row] = []
+    benchmark = scenario = ""
+    header: list[str] | None = None
+    for line in markdown.splitlines():
+        if line.startswith("## "):  # one benchmark's output: its scenarios may repeat another's titles
+            benchmark, header = line[3:].split(" (`")[0].strip(), None
+        elif line.startswith("#"):
+            title = line.lstrip("# ").strip()
+            scenario, header = f"{benchmark}: {title}" if benchmark else title, None
+        elif line.startswith("|") and header is None:
+            header = [cell.strip().lower() for cell in line.strip("|").split("|")]
+        elif line.startswith("|") and header is not None and not set(line) <= set("|-: "):
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            row = _row(scenario, header, cells)
+            if row is not None:
+                rows.append(row)
+        elif not line.startswith("|"):
+            header = None
+    return rows
+
+
+def _row(scenario: str, header: list[str], cells: list[str]) -> Row | None:
+    def column(*words: str) -> int | None:
+        return next((i for i, name in enumerate(header) if all(word in name for word in words)), None)
+
+    server = column("server")
+    server = column("proxy") if server is None else server
+    rate, cpu = column("mb/s"), column("s/gib")
+    if server is None or rate is None or cpu is None or len(cells) != len(header):
+        return None
+    numbers = [re.match(r"[\d.]+", cells[index]) for index in (rate, cpu)]
+    if not all(numbers):
+        return None
+    return Row(scenario, cells[server], float(numbers[0][0]), float(numbers[1][0]))  # type: ignore[index]
