@@ -13,11 +13,13 @@ in ``stats()`` and returns the exact count, or raises a ``TransferError`` carryi
 from __future__ import annotations
 
 import socket
+from collections.abc import Generator
+from typing import Any
 
 from .drivers import run_async, run_blocking
 from .framing import BodyWriter, Framing, writer_for
 from .pipes import PipePool, default_pool
-from .pump import Progress, Pump, pump
+from .pump import Progress, Pump, Request, pump
 from .transfer import destination, source_body
 
 
@@ -62,10 +64,9 @@ class ResponseWriter:
     ) -> int:
         """Send ``source`` (``count`` bytes, or to its end) as the next piece of the body, on a
         blocking socket; ``last``: it ends the body. Returns the piece's body bytes."""
-        try:
-            return self._sent(run_blocking(self._pump(source, offset, count, last, True), self.timeout))
-        except BaseException as error:
-            raise self._counted(error) from None
+        return run_blocking(
+            self.step(source, offset=offset, count=count, last=last, blocking=True), self.timeout
+        )
 
     async def asend(
         self, source: object, *, offset: int | None = None, count: int | None = None, last: bool = False
@@ -73,10 +74,26 @@ class ResponseWriter:
         """``send`` on the running asyncio loop, for a non-blocking socket it does not own."""
         if self.sock.gettimeout() != 0.0:
             raise ValueError("asend() needs a non-blocking socket (sock.setblocking(False))")
+        step = self.step(source, offset=offset, count=count, last=last, blocking=False)
+        return await run_async(step, self.timeout)
+
+    def step(
+        self,
+        source: object,
+        *,
+        offset: int | None = None,
+        count: int | None = None,
+        last: bool = False,
+        blocking: bool,
+    ) -> Generator[Request, Any, int]:
+        """``send`` as an engine step, for a caller that composes it with steps of its own (a
+        proxy's request, then its reading of the answer) and runs the whole on a driver
+        (``fastbody.heads.run``/``arun``; ``blocking``: which one)."""
         try:
-            return self._sent(await run_async(self._pump(source, offset, count, last, False), self.timeout))
+            sent = yield from self._pump(source, offset, count, last, blocking)
         except BaseException as error:
             raise self._counted(error) from None
+        return self._sent(sent)
 
     def end(self) -> None:
         """End the body (a chunked body's last chunk) and send what framing is still pending."""

@@ -53,7 +53,12 @@ class ZeroCopyApp:
             zero_copy.connection_lost()
 
 
-class H11Protocol(h11_impl.H11Protocol):
+class ZeroCopyProtocol(asyncio.Protocol):
+    """Mixed into each of uvicorn's protocol classes: wraps its app in ``ZeroCopyApp`` and tells
+    a running transfer that the client went away. Nothing else of uvicorn's is changed."""
+
+    app: Any
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.app = self.zero_copy = ZeroCopyApp(self.app)
@@ -63,16 +68,14 @@ class H11Protocol(h11_impl.H11Protocol):
         self.zero_copy.connection_lost()
 
 
+class H11Protocol(ZeroCopyProtocol, h11_impl.H11Protocol):
+    pass
+
+
 if httptools_impl is not None:
 
-    class HttpToolsProtocol(httptools_impl.HttpToolsProtocol):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.app = self.zero_copy = ZeroCopyApp(self.app)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            super().connection_lost(exc)
-            self.zero_copy.connection_lost()
+    class HttpToolsProtocol(ZeroCopyProtocol, httptools_impl.HttpToolsProtocol):
+        pass
 
     AutoProtocol: type[asyncio.Protocol] = HttpToolsProtocol
 else:
