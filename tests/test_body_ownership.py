@@ -179,8 +179,6 @@ def start_proxy(tmp: Path, kind: str, upstream: ClosingUpstream) -> Server:
     return launch(command, port, log, env=env)
 
 
-
-
 @pytest.mark.parametrize(
     "kind",
     [
