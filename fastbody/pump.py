@@ -18,8 +18,8 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Generator, Iterator
 from contextlib import AbstractContextManager as ContextManager
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -27,7 +27,7 @@ from . import counters, syscalls
 from .errors import IncompleteTransfer, with_sent
 from .framing import BodyWriter, FramingError
 from .pipes import PIPE_SIZE, PipePool
-from .plan import Path, Trickle, choose_path, known_length
+from .plan import SMALL_BODY, Path, Trickle, choose_path, known_length
 from .source import Body, ChunksBody, FileBody, ReaderBody, StreamBody, StreamKind
 
 COPY_BUFFER = 1 << 20
@@ -187,7 +187,7 @@ class Waits:
     def prepare(self, fd: int, tls: ssl.SSLSocket | None, timeout_option: int | None) -> ContextManager[None]:
         """Set ``fd`` up for the transfer; ``timeout_option`` is given for sockets only."""
         if tls is not None:
-            return _tls_mode(tls, self.timeout if self.in_kernel else 0.0)
+            return syscalls.tls_timeout(tls, self.timeout if self.in_kernel else 0.0)
         if self.in_kernel and timeout_option is not None:
             self.kernel_fds.add(fd)
             return syscalls.kernel_waits(fd, timeout_option, self.slice)
@@ -266,29 +266,25 @@ def pump(
         if isinstance(body, FileBody):
             cleanup.callback(_settle_file, body, run.progress)
         try:
-            if not in_kernel:
-                # Under asyncio the caller's fds may be closed while we wait (a transport that is
-                # aborted) and their numbers reused by new connections: work on our own dups.
-                if dst.tls is None:
-                    dst.handle = cleanup.enter_context(syscalls.own_handle(dst.fd))
-                    dst.fd = dst.handle.fileno()
-                if isinstance(body, StreamBody) and body.tls is None:
-                    body.fd = _own_dup(cleanup, body.fd)
-            cleanup.enter_context(run.waits.prepare(dst.fd, dst.tls, socket.SO_SNDTIMEO))
-            if isinstance(body, StreamBody):
-                option = socket.SO_RCVTIMEO if body.kind is StreamKind.SOCKET else None
-                cleanup.enter_context(run.waits.prepare(body.fd, body.tls, option))
-            if framing is None:
-                yield from _move(run, body, pool)
-            else:
-                yield from _framed(run, body, pool, framing)
-                if last:
-                    try:
-                        dst.pending += framing.end()
-                    except FramingError:  # a Content-Length the source did not fill
-                        expected = run.progress.sent + (framing.remaining or 0)
-                        raise IncompleteTransfer.short(run.progress.sent, expected) from None
-            yield from _flush(run, more=False)
+            rest: Body | None = body
+            tail = b""  # framing bytes that follow the rest of a piece sent partly at once
+            if framing is not None and in_kernel and (sent_at_once := _at_once(run, body, framing, last)):
+                rest, tail = sent_at_once
+                framing = None  # the piece, its framing and the body's end are decided
+            if rest is not None:
+                rest = _set_up(run, rest, cleanup, in_kernel)
+                if framing is None:
+                    yield from _move(run, rest, pool)
+                else:
+                    yield from _framed(run, rest, pool, framing)
+                    if last:
+                        try:
+                            dst.pending += framing.end()
+                        except FramingError:  # a Content-Length the source did not fill
+                            expected = run.progress.sent + (framing.remaining or 0)
+                            raise IncompleteTransfer.short(run.progress.sent, expected) from None
+                dst.pending += tail
+                yield from _flush(run, more=False)
         except OSError as error:
             raise with_sent(error, run.progress.sent) from error
         except Exception as error:  # a bad chunk, a failing iterator: the count still matters
@@ -297,6 +293,58 @@ def pump(
     if count is not None and run.progress.sent < count:
         raise IncompleteTransfer.short(run.progress.sent, count)
     return run.progress.sent
+
+
+def _set_up(run: _Run, body: Body, cleanup: ExitStack, in_kernel: bool) -> Body:
+    """Own dups under asyncio, and each fd in the mode its waits need (restored by ``cleanup``);
+    the body to move (a copy on our dup: the caller's description is never changed)."""
+    dst = run.dst
+    if not in_kernel:
+        # Under asyncio the caller's fds may be closed while we wait (a transport that is
+        # aborted) and their numbers reused by new connections: work on our own dups.
+        if dst.tls is None:
+            dst.handle = cleanup.enter_context(syscalls.own_handle(dst.fd))
+            dst.fd = dst.handle.fileno()
+        if isinstance(body, StreamBody) and body.tls is None:
+            body = replace(body, fd=_own_dup(cleanup, body.fd))
+    cleanup.enter_context(run.waits.prepare(dst.fd, dst.tls, socket.SO_SNDTIMEO))
+    if isinstance(body, StreamBody):
+        option = socket.SO_RCVTIMEO if body.kind is StreamKind.SOCKET else None
+        cleanup.enter_context(run.waits.prepare(body.fd, body.tls, option))
+    return body
+
+
+def _at_once(run: _Run, body: Body, framing: BodyWriter, last: bool) -> tuple[Body | None, bytes] | None:
+    """A small piece known whole (a short file, a bytes object) with all its framing in one
+    non-blocking ``sendmsg``, before any set-up: on a socket with room, which is nearly always,
+    a small response then costs that one call. ``None`` when the piece is not such a one;
+    else what is left to send: the rest of the body (``None`` if nothing) and the framing
+    bytes after it."""
+    dst, progress = run.dst, run.progress
+    size = known_length(body, progress.limit)
+    if dst.tls is not None or dst.handle is None or size is None or size >= SMALL_BODY:
+        return None
+    if framing.remaining is not None and (size > framing.remaining or (last and size < framing.remaining)):
+        return None  # the long way raises what this is
+    if isinstance(body, FileBody):
+        data: bytes | memoryview = syscalls.pread(body.fd, size, body.offset)
+        if len(data) < size:  # the file shrank: the long way says so
+            return None
+    elif isinstance(body, ChunksBody) and not body.is_async and body.length is not None:
+        assert isinstance(body.chunks, Iterator)
+        data = next(body.chunks, b"")[:size]
+    else:
+        return None
+    prefix, suffix = framing.piece(size)
+    head, tail = dst.pending + prefix, suffix + (framing.end() if last else b"")
+    sent = syscalls.send_parts(dst.handle, [head, data, tail])
+    moved = min(max(sent - len(head), 0), size)
+    progress.add(counters.COPY, moved)
+    dst.pending = head[sent:]
+    if moved == size and sent - len(head) - size >= len(tail):
+        return None, b""
+    rest = ChunksBody(iter([memoryview(data)[moved:]]), is_async=False, length=size - moved)
+    return rest, tail[max(sent - len(head) - size, 0) :]
 
 
 def _own_dup(cleanup: ExitStack, fd: int) -> int:
@@ -351,10 +399,10 @@ def _ready_chunks(run: _Run, body: StreamBody, pool: PipePool, framing: BodyWrit
     readable (``FIONREAD``), and moves by splice. Bytes a buffered reader already pulled into
     Python (invisible to the kernel) are the first chunk."""
     if body.buffered is not None:
-        held = _held(body.fd, body.buffered)
-        body.buffered = None
+        held = syscalls.buffered_bytes(body.fd, body.buffered)
         if held:
             yield from _piece(run, ChunksBody(iter([held]), is_async=False), pool, framing, len(held))
+        body = replace(body, buffered=None)  # the caller's description stays as it was
     src = body.fd
     while True:
         size = syscalls.pending_bytes(src)
@@ -655,21 +703,11 @@ def _copy_chunks(run: _Run, body: ChunksBody, framing: BodyWriter | None = None)
         run.dst.pending += suffix
 
 
-def _held(fd: int, reader: io.BufferedReader, most: int | None = None) -> bytes:
-    """What ``reader`` already holds in its buffer (read into Python, unseen by the kernel),
-    at most ``most`` bytes of it."""
-    with syscalls.nonblocking(fd):  # peek() reads once when its buffer is empty: never wait there
-        try:
-            held = len(reader.peek(1))
-        except BlockingIOError:
-            return b""
-        held = held if most is None else min(held, most)
-        return reader.read(held) if held else b""
-
-
 def _send_buffered(run: _Run, fd: int, reader: io.BufferedReader) -> Step:
     """Send what ``reader`` already holds in its buffer before the kernel moves the rest."""
-    if not run.progress.done and (data := _held(fd, reader, run.progress.want(COPY_BUFFER))):
+    if not run.progress.done and (
+        data := syscalls.buffered_bytes(fd, reader, run.progress.want(COPY_BUFFER))
+    ):
         yield from _write_all(run, memoryview(data))
 
 
@@ -687,18 +725,6 @@ def _write_all(run: _Run, data: memoryview) -> Step:
 
 
 # -- set-up and tear-down -------------------------------------------------------------------
-
-
-@contextmanager
-def _tls_mode(tls: ssl.SSLSocket, timeout: float | None) -> Iterator[None]:
-    # An SSL socket keeps its own timeout: 0 makes its calls non-blocking, a number or None
-    # lets it wait itself (raising TimeoutError); put the caller's back after.
-    previous = tls.gettimeout()
-    tls.settimeout(timeout)
-    try:
-        yield
-    finally:
-        tls.settimeout(previous)
 
 
 def _settle_file(body: FileBody, progress: Progress) -> None:

@@ -1,9 +1,12 @@
-"""What a socket or pipe has ready: the next chunk of a body whose length nobody knows.
+"""Reading a source for somebody else: what a socket or pipe has ready, and its bytes handed
+over in Python, for code that must pass them on itself.
 
-A chunked body's size line goes out before the chunk's bytes, so a chunk is what the source has
-waiting when it becomes readable (``FIONREAD``); those bytes then move by splice. Bytes a buffered
-reader (``subprocess.Popen(...).stdout``) already pulled into Python are invisible to the kernel:
-``buffered`` hands them over first.
+``pending``/``apending`` wait until a socket or pipe is readable and say how many bytes wait
+(``FIONREAD``); ``buffered`` gives what a buffered reader (``subprocess.Popen(...).stdout``)
+already pulled into Python, invisible to the kernel; ``achunks`` reads a described file, socket
+or pipe as chunks without blocking the loop (for a TLS transport, or a server without the
+zero-copy extensions) and counts them; ``read_some`` and ``readable_now`` are the plain read
+and test. Bodies the engine writes itself never come through here: their chunks are the pump's.
 """
 
 from __future__ import annotations
@@ -14,15 +17,13 @@ import select
 import socket
 import ssl
 from collections.abc import AsyncGenerator
+from contextlib import AbstractContextManager, nullcontext
 
 from . import counters, syscalls
 from .drivers import ready_async
 from .errors import IncompleteTransfer, TransferError, TransferTimeout
-from .pump import Event
+from .pump import CHUNK_LIMIT, Event
 from .source import FileBody, Source, StreamBody
-
-CHUNK_LIMIT = 16 << 20
-"""The most one readiness reports, so that one chunk's size line never covers too much."""
 
 
 def pending(source: object, timeout: float | None, sent: int = 0) -> int:
@@ -52,17 +53,9 @@ async def apending(source: object, timeout: float | None, sent: int = 0) -> int:
 
 def buffered(source: object) -> bytes:
     """The bytes a buffered reader already holds in Python (without waiting for more)."""
-    read1, peek = getattr(source, "read1", None), getattr(source, "peek", None)
-    if read1 is None or peek is None:
+    if getattr(source, "peek", None) is None:
         return b""
-    with syscalls.nonblocking(_fd(source)):
-        try:
-            # What the buffer holds; when empty, peek makes one read of at most the buffer's
-            # size (never more), which cannot wait on a non-blocking fd.
-            held = peek(1)
-        except BlockingIOError:
-            return b""
-        return bytes(read1(len(held))) if held else b""
+    return syscalls.buffered_bytes(_fd(source), source)
 
 
 def readable_now(source: object) -> bool:
@@ -110,14 +103,13 @@ async def achunks(
                 body.file.seek(offset + sent)
             source.close()
     elif isinstance(body, StreamBody):
-        if body.buffered is not None and (held := buffered(body.buffered)):
-            held = held if left is None else held[:left]
+        if body.buffered is not None and (held := syscalls.buffered_bytes(body.fd, body.buffered, left)):
             sent += len(held)
             counters.add(counters.COPY, len(held))
             yield held
         dup = os.dup(body.fd)
         try:
-            with syscalls.nonblocking(dup):
+            with syscalls.nonblocking(dup), _tls_calls_return(body.tls):
                 while left is None or sent < left:
                     want = size if left is None else min(size, left - sent)
                     data = syscalls.read(dup, want) if body.tls is None else _tls_read(body.tls, want)
@@ -136,6 +128,11 @@ async def achunks(
         raise TypeError(f"achunks() reads files, sockets and pipes, not {source.kind}s")
     if left is not None and sent < left:
         raise IncompleteTransfer.short(sent, left)
+
+
+def _tls_calls_return(tls: ssl.SSLSocket | None) -> AbstractContextManager[None]:
+    # A TLS socket's own timeout decides whether its calls wait: 0, so that they never do.
+    return syscalls.tls_timeout(tls, 0.0) if tls is not None else nullcontext()
 
 
 def _tls_read(sock: ssl.SSLSocket, size: int) -> bytes | None:

@@ -17,6 +17,7 @@ from collections.abc import Generator
 from typing import Any
 
 from .drivers import run_async, run_blocking
+from .errors import IncompleteTransfer
 from .framing import BodyWriter, Framing, writer_for
 from .pipes import PipePool, default_pool
 from .pump import Progress, Pump, Request, pump
@@ -92,7 +93,8 @@ class ResponseWriter:
         try:
             sent = yield from self._pump(source, offset, count, last, blocking)
         except BaseException as error:
-            raise self._counted(error) from None
+            self._count_whole(error)
+            raise
         return self._sent(sent)
 
     def end(self) -> None:
@@ -130,9 +132,11 @@ class ResponseWriter:
         self._piece = None
         return count
 
-    def _counted(self, error: BaseException) -> BaseException:
-        """``error`` with ``sent`` counting the whole body's bytes, not just this piece's."""
+    def _count_whole(self, error: BaseException) -> None:
+        """Make ``error`` count the whole body's bytes, not just this piece's."""
         self.ended = True  # a failed piece leaves the framing broken: nothing more may follow
         if hasattr(error, "sent"):
             error.sent += self._done
-        return error
+        if isinstance(error, IncompleteTransfer):
+            error.expected += self._done
+            error.args = (f"source ended after {error.sent} of {error.expected} bytes",)

@@ -13,12 +13,14 @@ import fcntl
 import os
 import select
 import socket
+import ssl
 import stat
 import struct
 import sys
 import termios
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from typing import Any
 
 # Linux moves at most this much per sendfile/splice call; larger requests are clipped, and
 # some kernels answered unbounded lengths with EINVAL, so every call asks for a bounded step.
@@ -124,6 +126,39 @@ def send(handle: socket.socket, data: bytes, *, more: bool) -> int | None:
         return handle.send(data, flags)
     except BlockingIOError:
         return None
+
+
+def send_parts(handle: socket.socket, parts: list[bytes | memoryview]) -> int:
+    """As much of ``parts`` as the socket takes now, in one ``sendmsg`` that never waits
+    (``MSG_DONTWAIT``, whatever the socket's mode): the bytes sent, 0 when it takes none."""
+    try:
+        return handle.sendmsg([part for part in parts if part], [], socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return 0
+
+
+@contextmanager
+def tls_timeout(tls: ssl.SSLSocket, timeout: float | None) -> Iterator[None]:
+    """An SSL socket keeps its own timeout: 0 makes its calls non-blocking, a number or None
+    lets it wait itself (raising TimeoutError); the caller's is put back after."""
+    previous = tls.gettimeout()
+    tls.settimeout(timeout)
+    try:
+        yield
+    finally:
+        tls.settimeout(previous)
+
+
+def buffered_bytes(fd: int, reader: Any, most: int | None = None) -> bytes:
+    """What a buffered reader (``io.BufferedReader``) already holds, read into Python and so
+    unseen by the kernel; at most ``most`` bytes of it, the rest left in its buffer."""
+    with nonblocking(fd):  # peek() reads once when its buffer is empty: never wait there
+        try:
+            held = len(reader.peek(1))
+        except BlockingIOError:
+            return b""
+        held = held if most is None else min(held, most)
+        return bytes(reader.read(held)) if held else b""
 
 
 @contextmanager

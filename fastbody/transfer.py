@@ -87,7 +87,9 @@ def source_body(
 def destination(sock: socket.socket) -> Destination:
     fileno = getattr(sock, "fileno", None)
     fd = fileno() if fileno is not None else -1
-    if not isinstance(fd, int) or fd < 0 or syscalls.file_type(fd) != stat.S_IFSOCK:
+    # A socket object's fd is a socket (it could not have been made otherwise): no fstat.
+    known = isinstance(sock, socket.socket) and sock.type == socket.SOCK_STREAM
+    if not isinstance(fd, int) or fd < 0 or (not known and syscalls.file_type(fd) != stat.S_IFSOCK):
         raise TypeError(f"sock must be a connected stream socket, not {sock!r}")
     if isinstance(sock, ssl.SSLSocket):
         return Destination(fd, tls=sock)

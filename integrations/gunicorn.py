@@ -161,7 +161,7 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
             declared=fastbody.framing.Declared(self.response_length),
             known=known,
         )
-        if framing.add_length and not self._response_forbids_content_length(self.status_code):
+        if framing.add_length:
             self.headers.append(("Content-Length", str(framing.length)))
             self.response_length = framing.length
         self.chunked = framing.delimit is fastbody.framing.Delimit.CHUNKED  # gunicorn's head says so
@@ -174,7 +174,9 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
             timeout=self._timeout(),
             kernel=self.cfg.sendfile is not False,
         )
-        count = framing.length if framing.delimit is fastbody.framing.Delimit.LENGTH else known
+        count = known
+        if framing.delimit is fastbody.framing.Delimit.LENGTH:  # never past the app's length, nor length=
+            count = framing.length if respiter.length is None else min(framing.length or 0, respiter.length)
         # The heartbeat is for transfers that may take a while, not one write of a small file.
         small = count is not None and count < fastbody.plan.SMALL_BODY
         guard = self.heartbeat if self.heartbeat is not None and not small else nullcontext()

@@ -10,7 +10,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +145,46 @@ def answers(client: Any, url: str) -> bool:
         return bool(client.get(url).status_code == 200)
     except httpx.TransportError:
         return False
+
+
+class RawServer(ABC):
+    """A listening socket on 127.0.0.1 served by a thread, one more thread per connection
+    (``handle``, for a subclass to write). Every accept is bounded; ``close`` stops it all."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.stopping = threading.Event()
+        self.handlers: list[threading.Thread] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @abstractmethod
+    def handle(self, conn: socket.socket) -> None:
+        """Answer one connection (on its own thread), then close it."""
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(10)
+        for handler in self.handlers:
+            handler.join(10)
+        self.listener.close()
+        assert not self.thread.is_alive()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            handler = threading.Thread(target=self.handle, args=(conn,), daemon=True)
+            handler.start()
+            self.handlers = [*(h for h in self.handlers if h.is_alive()), handler]
 
 
 PROTOCOLS = {"h11": "H11Protocol", "httptools": "HttpToolsProtocol"}

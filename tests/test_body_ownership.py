@@ -35,6 +35,7 @@ from conftest import ArrivalWatch  # noqa: E402
 from servers import (  # noqa: E402
     MIB,
     PROTOCOLS,
+    RawServer,
     Server,
     fetch,
     free_port,
@@ -88,44 +89,16 @@ def status_line(response: bytes) -> bytes:
 # 1. The proxy: a complete chunked body whose upstream closes right after its last chunk
 
 
-class ClosingUpstream:
+class ClosingUpstream(RawServer):
     """A raw-socket upstream: each connection gets ``chunks`` chunks of ``size`` bytes in all,
     ``0\\r\\n\\r\\n``, and at once the end of the stream (FIN), in one go; then it waits
     (bounded) for the proxy to close its side, so that nothing is cut by a reset of ours."""
 
     def __init__(self, data: bytes, chunks: int) -> None:
         self.data, self.chunks = data, chunks
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
-        self.stopping = threading.Event()
-        self.handlers: list[threading.Thread] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        self.stopping.set()
-        self.thread.join(10)
-        for handler in self.handlers:
-            handler.join(10)
-        self.listener.close()
-        assert not self.thread.is_alive()
-
-    def _serve(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            handler = threading.Thread(target=self._handle, args=(conn,), daemon=True)
-            handler.start()
-            self.handlers = [*(h for h in self.handlers if h.is_alive()), handler]
-
-    def _handle(self, conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket) -> None:
         with conn:
             conn.settimeout(10)
             try:
@@ -211,6 +184,7 @@ def test_chunked_body_then_upstream_close_arrives_whole(
 @pytest.fixture(scope="module", params=list(PROTOCOLS))
 def asgi_server(request: pytest.FixtureRequest, tmp: Path) -> Iterator[Server]:
     running = start_uvicorn("asgi_app:app", APPS, tmp, request.param, "asyncio")
+    running.http = request.param  # type: ignore[attr-defined]
     yield running
     stop(running)
 
@@ -223,6 +197,14 @@ def test_headers_given_as_an_iterator_are_sent(asgi_server: Server) -> None:
     assert answer.headers.get("set-cookie") == "a=1"
     assert answer.headers.get("x-test") == "yes"
     assert answer.content == b"hello"
+
+
+def test_str_headers_under_h11_are_sent_as_uvicorn_sends_them(asgi_server: Server) -> None:
+    """uvicorn's h11 path takes ``str`` header pairs; fastbody's must too."""
+    if asgi_server.http != "h11":  # type: ignore[attr-defined]
+        pytest.skip("uvicorn's own httptools path takes bytes header pairs only")
+    answer = httpx.get(f"{asgi_server.url}/str-headers", timeout=10)
+    assert (answer.status_code, answer.headers.get("x-test"), answer.content) == (200, "yes", b"ok")
 
 
 @pytest.mark.parametrize("route", ["/start-only", "/start-twice"], ids=["start-only", "start-twice"])

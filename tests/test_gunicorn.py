@@ -218,6 +218,15 @@ def test_file_like_without_fd_is_copied(server: Server, blob: tuple[str, str], s
     assert moved(before, server.stats()) == {"copy": 64 * MIB}
 
 
+def test_length_caps_the_body_under_a_longer_content_length(server: Server, blob: tuple[str, str]) -> None:
+    """``file_wrapper(f, length=N)`` never sends more than N bytes, whatever Content-Length the
+    app declared: the body ends short and the connection closes."""
+    path, _ = blob
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.get(f"{server.url}/capped?path={path}&cl=50000&length=1000", timeout=30)
+    wait_until(lambda: "body ended after 1000 of 50000 bytes" in server.errors(), 10, "short body logged")
+
+
 # Connections
 
 

@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,7 +27,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("gunicorn")
 pytest.importorskip("starlette")
 
-from servers import MIB, Server, fetch, free_port, launch, moved, stop, wait_until  # noqa: E402
+from servers import MIB, RawServer, Server, fetch, free_port, launch, moved, stop, wait_until  # noqa: E402
 
 APPS = Path(__file__).resolve().parent / "apps"
 KIB = 1 << 10
@@ -48,46 +47,16 @@ SMUGGLED = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"
 # The raw-socket upstream: canned bytes per request path, one thread per connection
 
 
-@dataclass
-class RawUpstream:
-    """A listening socket on a thread answering each connection's request by its path (see
-    ``answer``), then closing it. Every accept and recv is bounded; ``close`` stops it."""
+class RawUpstream(RawServer):
+    """A raw-socket upstream answering each connection's request by its path (see ``answer``),
+    then closing it. Every accept and recv is bounded; ``close`` stops it."""
 
-    data: bytes
-
-    def __post_init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
-        self.stopping = threading.Event()
+    def __init__(self, data: bytes) -> None:
+        self.data = data
         self.go = threading.Event()  # /late-events sends its first event once this is set
-        self.handlers: list[threading.Thread] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        self.stopping.set()
-        self.thread.join(10)
-        for handler in self.handlers:
-            handler.join(10)
-        self.listener.close()
-        assert not self.thread.is_alive()
-
-    def _serve(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            handler = threading.Thread(target=self._handle, args=(conn,), daemon=True)
-            handler.start()
-            self.handlers = [*(h for h in self.handlers if h.is_alive()), handler]
-
-    def _handle(self, conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket) -> None:
         with conn:
             conn.settimeout(10)
             try:

@@ -233,3 +233,44 @@ def test_no_progress_timeout_is_the_timeout(make_file: Any, kind: str, timeout: 
     assert raised.value.sent > 0
     # the peer still takes bytes queued before the last write for a while: it sees a shorter idle
     assert timeout - 0.5 <= idle <= timeout + 1.0, idle
+
+
+def test_a_described_source_is_not_changed_by_sending_it(kind: str) -> None:
+    """Under asyncio the engine works on a dup of the source's fd: the caller's description
+    keeps the caller's fd, so that sending it again reads the same socket, not a closed number."""
+    data = os.urandom(100 << 10)
+    source = feed_socket(data, chunk=10 << 10)
+    described = fastbody.describe(source)
+    fd = described.fd
+    server, client = tcp_pair()
+    with server, client, source:
+        answer = receive_in_thread(client)
+        sent = respond(server, decide(None), [(described, {"count": 1000}), (described, {})], kind)
+        _, body = answer.result(30)
+    assert described.fd == fd
+    assert sent == len(data) and sha256(body) == sha256(data)
+
+
+def test_incomplete_counts_the_whole_body(kind: str) -> None:
+    """``sent`` and ``expected`` of a short body count every piece, not just the last one."""
+    result = decide(None, headers=[(b"content-length", b"100")])
+    server, client = tcp_pair()
+    with server, client, pytest.raises(fastbody.IncompleteTransfer) as raised:
+        respond(server, result, [(b"a" * 30, {}), (b"b" * 30, {}), (b"", {})], kind)
+    assert (raised.value.sent, raised.value.expected) == (60, 100)
+    assert "60 of 100" in str(raised.value)
+
+
+def test_achunks_reads_no_buffered_byte_past_count() -> None:
+    """A buffered reader keeps what lies past ``count``, as ``transfer`` leaves it."""
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, b"0123456789ABCDEF")
+    os.close(write_fd)
+    with open(read_fd, "rb") as pipe:
+        pipe.peek(1)  # all 16 bytes now wait in Python's buffer
+
+        async def first_four() -> bytes:
+            return b"".join([chunk async for chunk in fastbody.achunks(fastbody.describe(pipe, count=4))])
+
+        assert run_async(first_four(), "asyncio") == b"0123"
+        assert pipe.read() == b"456789ABCDEF"

@@ -5,6 +5,7 @@ sha256, and ``fastbody.stats()`` read from the server to prove which path moved 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -288,6 +289,36 @@ def test_short_source_closes_the_connection(server: Server, blob: tuple[str, byt
     # A count past the file's end is refused before a byte of it moves: the head is out, so the
     # connection is closed (uvicorn logs the app's error).
     wait_until(lambda: "bytes the file holds" in server.errors(), 10, "refused count logged")
+    assert fetch(f"{server.url}/file?path={path}").sha256 == sha(data)  # still serving
+
+
+def test_count_past_the_file_under_a_held_head_is_a_500(server: Server, blob: tuple[str, bytes]) -> None:
+    """The head had no length, so the server still held it: the refused count gets uvicorn's 500,
+    not a 200 head that promises bytes the file does not have."""
+    path, data = blob
+    got = httpx.get(f"{server.url}/short-held?path={path}", timeout=30)
+    assert got.status_code == 500
+    wait_until(lambda: "bytes the file holds" in server.errors(), 10, "refused count logged")
+    assert fetch(f"{server.url}/file?path={path}").sha256 == sha(data)  # still serving
+
+
+def test_a_send_cancelled_mid_body_closes_the_connection(server: Server, blob: tuple[str, bytes]) -> None:
+    """The framing counted the whole piece before it went: after a cancellation the response can
+    only end by closing the connection, never a short body followed by the next response on
+    the same connection (a second request is pipelined behind the first to show it)."""
+    path, data = blob
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        client.sendall(f"GET /cancelled?path={path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        client.sendall(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.5)  # the client reads nothing meanwhile: the send is still under way when cancelled
+        received = b""
+        with contextlib.suppress(ConnectionResetError):  # an abort may end it with a reset
+            while chunk := client.recv(1 << 20):
+                received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and len(body) < len(data)  # cut short, and closed
+    assert b'"stats"' not in received  # nothing more on that connection
     assert fetch(f"{server.url}/file?path={path}").sha256 == sha(data)  # still serving
 
 

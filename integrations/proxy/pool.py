@@ -42,6 +42,7 @@ class _Pool:
 
     def release(self, sock: socket.socket, reusable: bool) -> None:
         if reusable and len(self._idle) < self.max_idle and idle_and_clean(sock):
+            sock.settimeout(sock.gettimeout() and None)  # as acquired: no Python-level timeout
             self._idle.append(sock)
         else:
             sock.close()

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import h11
 
+import fastbody
 from fastbody import framing
 from fastbody.framing import Delimit, Framing
 from fastbody.heads import HeadTooLarge, Step, take_through
@@ -214,5 +215,6 @@ REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 def may_retry(error: BaseException, method: str, reused: bool, request: Framing) -> bool:
     """Whether a failed exchange is worth one retry on a new connection: a kept-alive connection
     the upstream closed before answering, and a request that can safely be sent twice."""
-    stale = isinstance(error, UpstreamClosed | ConnectionResetError | BrokenPipeError)
+    unsent = isinstance(error, fastbody.PeerClosedError) and error.sent == 0  # the request's write
+    stale = unsent or isinstance(error, UpstreamClosed | ConnectionResetError | BrokenPipeError)
     return stale and reused and method in REPLAYABLE and request.delimit is Delimit.NONE

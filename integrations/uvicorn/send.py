@@ -17,6 +17,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, TypeVar
 
 import h11
@@ -49,9 +50,14 @@ def declared_length(headers: Headers) -> int | None:
     """The Content-Length the app declared in ``http.response.start`` headers, if any. The
     rest of the app's framing fields are uvicorn's to judge, as they always were."""
     for name, value in headers:
-        if name.lower() == b"content-length":
+        if _latin1(name).lower() == b"content-length":
             return fastbody.framing.content_length(value)
     return None
+
+
+def _latin1(text: bytes | str) -> bytes:
+    """A header name or value as bytes (ASGI says bytes; uvicorn's h11 path takes str too)."""
+    return text.encode("latin-1") if isinstance(text, str) else bytes(text)
 
 
 def holds_start(status: int, method: str, headers: Headers) -> bool:
@@ -59,7 +65,7 @@ def holds_start(status: int, method: str, headers: Headers) -> bool:
     and no Transfer-Encoding, which a zero-copy body of known length can still give one."""
     if method == "HEAD" or status in (204, 304) or status < 200:
         return False
-    fields = {bytes(name).lower(): bytes(value).lower() for name, value in headers}
+    fields = {_latin1(name).lower(): _latin1(value).lower() for name, value in headers}
     if fields.get(b"content-type", b"").startswith(b"text/event-stream"):
         return False  # an event stream's head goes out at once, whenever its first event comes
     return not fields.keys() & {b"content-length", b"transfer-encoding"}
@@ -208,7 +214,7 @@ class ZeroCopySend:
             await self.cycle.send(message)  # a second start: uvicorn refuses it as it always does
             return
         # ASGI headers may be any iterable: read them once, here.
-        message = {**message, "headers": [(bytes(n), bytes(v)) for n, v in message.get("headers", [])]}
+        message = {**message, "headers": list(message.get("headers", []))}
         self.declared = declared_length(message["headers"])
         if holds_start(message["status"], self.cycle.scope["method"], message["headers"]):
             self.held = message
@@ -225,7 +231,7 @@ class ZeroCopySend:
             raise RuntimeError(
                 f"Unexpected ASGI message '{message['type']}' sent, after response already completed."
             )
-        with described(message) as (source, more_body):
+        with self._refused_before_head(), described(message) as (source, more_body):
             if cycle.disconnected:
                 self._gone(message, fastbody.PeerClosedError.make(None, "the client went away", 0))
                 return
@@ -237,7 +243,24 @@ class ZeroCopySend:
                     self._broken(error)
                     self._gone(message, error)
                     return
+                except BaseException:
+                    # Cancelled (or failed) part-way: uvicorn's framing counted the whole piece,
+                    # so the connection cannot carry another byte of this response, nor another.
+                    cycle.disconnected = True
+                    cycle.transport.abort()
+                    raise
         await cycle.send({"type": "http.response.body", "body": b"", "more_body": more_body})
+
+    @contextmanager
+    def _refused_before_head(self) -> Iterator[None]:
+        """A message refused while the head is still held (a count past a file's end, a source
+        that cannot be sent) drops the head: uvicorn then answers 500 rather than a head that
+        promises what cannot follow."""
+        try:
+            yield
+        except (ValueError, TypeError):
+            self.held = None
+            raise
 
     def _gone(self, message: Message, error: fastbody.TransferError) -> None:
         """A zero-copy body that could not be sent whole: the app learns it from ``send``
@@ -309,7 +332,7 @@ class ZeroCopySend:
         try:
             while True:
                 try:
-                    chunk = await self._until_lost(_next(chunks))
+                    chunk = await self._until_lost(_next(chunks), partial(int, sent))
                 except StopAsyncIteration:  # (its errors count what it handed over: what was sent)
                     return
                 if self.cycle.disconnected:  # uvicorn drops body messages to a closed connection

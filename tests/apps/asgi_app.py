@@ -7,6 +7,7 @@ server's pid and its open fd count, so a test can tell which path moved the byte
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -82,6 +83,16 @@ async def short(scope: Scope, receive: Receive, send: Send) -> None:
         await send(message)
 
 
+async def short_held(scope: Scope, receive: Receive, send: Send) -> None:
+    """The same count past the file's end under a head without length (held by the server
+    until the body's first message): refused before the head, so the client gets a 500."""
+    query = _query(scope)
+    with open(query["path"], "rb") as source:
+        size = os.fstat(source.fileno()).st_size
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.zerocopysend", "file": source, "count": size * 2})
+
+
 async def pipe(scope: Scope, receive: Receive, send: Send) -> None:
     """``cat FILE``'s stdout by ``fastbody.response.splicesend``; ``length=1``: with its count."""
     query = _query(scope)
@@ -152,6 +163,28 @@ async def iter_headers(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": b"hello", "more_body": False})
 
 
+async def cancelled(scope: Scope, receive: Receive, send: Send) -> None:
+    """A zerocopysend the app cancels half-way (a timeout of its own), then ends the body: the
+    response is short, so the server must close the connection rather than go on using it."""
+    query = _query(scope)
+    with open(query["path"], "rb") as source:
+        size = os.fstat(source.fileno()).st_size
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % size)]}
+        )
+        message = {"type": "http.response.zerocopysend", "file": source, "count": size, "more_body": True}
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(send(message), 0.2)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def str_headers(scope: Scope, receive: Receive, send: Send) -> None:
+    """Header names and values as ``str`` (not ASGI's bytes, but uvicorn's h11 path takes them)."""
+    headers = [("content-length", "2"), ("x-test", "yes")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"ok", "more_body": False})
+
+
 async def start_only(scope: Scope, receive: Receive, send: Send) -> None:
     """``http.response.start`` (200, no length) and nothing else: the app returns unfinished."""
     await send({"type": "http.response.start", "status": 200, "headers": [(b"x-first", b"1")]})
@@ -187,6 +220,9 @@ routes = [
     Route("/iter-headers", endpoint=_Raw(iter_headers)),
     Route("/start-only", endpoint=_Raw(start_only)),
     Route("/start-twice", endpoint=_Raw(start_twice)),
+    Route("/short-held", endpoint=_Raw(short_held)),
+    Route("/str-headers", endpoint=_Raw(str_headers)),
+    Route("/cancelled", endpoint=_Raw(cancelled)),
 ]
 if os.path.isdir(STATIC):
     routes.append(Mount("/static", app=StaticFiles(directory=STATIC)))

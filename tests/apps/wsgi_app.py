@@ -56,6 +56,14 @@ def file(environ: Environ, start_response: StartResponse, query: Query) -> Itera
     return environ["wsgi.file_wrapper"](body, 1 << 16)  # type: ignore[no-any-return]
 
 
+def capped(environ: Environ, start_response: StartResponse, query: Query) -> Iterable[bytes]:
+    """The app declares ``cl`` bytes but caps the file wrapper at ``length``: never more than
+    ``length`` go out (the connection then closes, short of the declared length)."""
+    body = open(query["path"], "rb")
+    start_response("200 OK", [("Content-Length", query["cl"])])
+    return environ["wsgi.file_wrapper"](body, length=int(query["length"]))  # type: ignore[no-any-return]
+
+
 def _feed(path: str, stall: float = 0) -> socket.socket:
     """A TCP socket whose peer (on a thread) sends the file at ``path``, waits ``stall`` seconds
     (an upstream that stops sending), then closes."""
@@ -151,6 +159,7 @@ def file_like(
 ROUTES = {
     "/stats": stats,
     "/file": file,
+    "/capped": capped,
     "/socket": socket_body,
     "/pipe": pipe_body,
     "/pieces": pieces_body,
