@@ -423,9 +423,9 @@ def _read_chunks(run: _Run, body: Body, framing: BodyWriter) -> Step:
         reader: _Reader = _ObjectReader(body.reader)
     elif isinstance(body, StreamBody) and body.tls is not None:
         reader = _TlsReader(body.tls)
-    else:
-        assert isinstance(body, StreamBody | FileBody)
-        reader = _FdReader(body.fd, body.offset if isinstance(body, FileBody) else None)
+    else:  # a device (files always know their length)
+        assert isinstance(body, StreamBody)
+        reader = _FdReader(body.fd, None)
     buffer = memoryview(bytearray(COPY_BUFFER))
     while True:
         got = reader.read_into(buffer)

@@ -194,6 +194,8 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
                     writer.send(described, count=count, last=True)
         except fastbody.TransferError as error:
             self._broken(error, framing.length)
+        except fastbody.framing.FramingError as error:  # pieces longer than the app's length
+            self._broken(fastbody.TransferError.make(None, str(error), writer.sent), framing.length)
         finally:
             self.sent = writer.sent
             self.ended = True  # the writer ended the body (or it broke): close() adds nothing

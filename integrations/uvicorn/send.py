@@ -277,6 +277,8 @@ class ZeroCopySend:
         if source.length is None and framing.remaining is not None:  # a stream under a Content-Length
             source = fastbody.Source(source.body, framing.remaining)
         await self._drain_transport()
+        if self.cycle.disconnected:  # gone while its head was being sent
+            raise fastbody.PeerClosedError.make(None, "the client went away", 0)
         sock = self.cycle.transport.get_extra_info("socket")
         writer = fastbody.ResponseWriter(sock, framing, timeout=self.send_timeout)
         try:
