@@ -16,8 +16,8 @@ import os
 import select
 import socket
 import ssl
-from collections.abc import AsyncGenerator
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import ExitStack
 
 from . import counters, syscalls
 from .drivers import ready_async
@@ -84,55 +84,67 @@ async def achunks(
     over. Ends short of the source's ``count`` only with ``IncompleteTransfer``; a stream that
     sends nothing for ``timeout`` seconds raises ``TransferTimeout``. A file is left positioned
     after the last byte handed over when its position was where it started (as ``transfer``)."""
-    body, left = source.body, source.length
-    sent = 0
-    if isinstance(body, FileBody):
-        loop = asyncio.get_running_loop()
-        offset = body.offset
+    left, sent = source.length, 0
+    with ExitStack() as cleanup:
+        read = _chunk_reader(source, timeout, cleanup)
         try:
             while left is None or sent < left:
-                want = size if left is None else min(size, left - sent)
-                chunk = await loop.run_in_executor(None, syscalls.pread, body.fd, want, offset + sent)
+                chunk = await read(size if left is None else min(size, left - sent))
                 if not chunk:
                     break
                 sent += len(chunk)
                 counters.add(counters.COPY, len(chunk))
                 yield chunk
-        finally:
-            if body.file is not None and hasattr(body.file, "seek"):
-                body.file.seek(offset + sent)
-            source.close()
-    elif isinstance(body, StreamBody):
-        if body.buffered is not None and (held := syscalls.buffered_bytes(body.fd, body.buffered, left)):
-            sent += len(held)
-            counters.add(counters.COPY, len(held))
-            yield held
-        dup = os.dup(body.fd)
-        try:
-            with syscalls.nonblocking(dup), _tls_calls_return(body.tls):
-                while left is None or sent < left:
-                    want = size if left is None else min(size, left - sent)
-                    data = syscalls.read(dup, want) if body.tls is None else _tls_read(body.tls, want)
-                    if data is None:
-                        if not await ready_async(asyncio.get_running_loop(), dup, Event.READ, timeout):
-                            raise _stalled(timeout, sent)
-                        continue
-                    if not data:
-                        break
-                    sent += len(data)
-                    counters.add(counters.COPY, len(data))
-                    yield data
-        finally:
-            os.close(dup)
-    else:
-        raise TypeError(f"achunks() reads files, sockets and pipes, not {source.kind}s")
+        except TransferError as error:
+            error.sent = sent
+            raise
     if left is not None and sent < left:
         raise IncompleteTransfer.short(sent, left)
 
 
-def _tls_calls_return(tls: ssl.SSLSocket | None) -> AbstractContextManager[None]:
-    # A TLS socket's own timeout decides whether its calls wait: 0, so that they never do.
-    return syscalls.tls_timeout(tls, 0.0) if tls is not None else nullcontext()
+def _chunk_reader(
+    source: Source, timeout: float | None, cleanup: ExitStack
+) -> Callable[[int], Awaitable[bytes]]:
+    """How ``achunks`` reads ``source``: ``read(most)`` gives up to ``most`` bytes, ``b""`` at its
+    end; what it sets up (a dup, modes, a file's final position) ``cleanup`` undoes."""
+    body = source.body
+    if isinstance(body, FileBody):
+        loop, file = asyncio.get_running_loop(), body.file
+        position = body.offset
+        cleanup.callback(source.close)
+        if file is not None and hasattr(file, "seek"):  # after the last byte read, as a read() leaves it
+            cleanup.callback(lambda: file.seek(position))
+
+        async def read_file(most: int) -> bytes:
+            nonlocal position
+            chunk = await loop.run_in_executor(None, syscalls.pread, body.fd, most, position)
+            position += len(chunk)
+            return chunk
+
+        return read_file
+    if not isinstance(body, StreamBody):
+        raise TypeError(f"achunks() reads files, sockets and pipes, not {source.kind}s")
+    buffered = body.buffered
+    dup = os.dup(body.fd)
+    cleanup.callback(os.close, dup)
+    cleanup.enter_context(syscalls.nonblocking(dup))
+    if body.tls is not None:  # its own timeout decides whether its calls wait: 0, so they never do
+        cleanup.enter_context(syscalls.tls_timeout(body.tls, 0.0))
+
+    async def read_stream(most: int) -> bytes:
+        nonlocal buffered
+        if buffered is not None:  # what a buffered reader already holds goes first
+            held, buffered = syscalls.buffered_bytes(dup, buffered, most), None
+            if held:
+                return held
+        while True:
+            data = syscalls.read(dup, most) if body.tls is None else _tls_read(body.tls, most)
+            if data is not None:
+                return data
+            if not await ready_async(asyncio.get_running_loop(), dup, Event.READ, timeout):
+                raise _stalled(timeout, 0)
+
+    return read_stream
 
 
 def _tls_read(sock: ssl.SSLSocket, size: int) -> bytes | None:
