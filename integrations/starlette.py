@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from functools import partial
 from mimetypes import guess_type
 from secrets import token_hex
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import anyio
 import anyio.to_thread
@@ -64,11 +64,13 @@ from starlette.responses import (
     Response,
     StreamingResponse,
 )
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 import fastbody
 
 from .asgi import PATHSEND, SPLICESEND, ZEROCOPYSEND
+from .files.answer import FileRange, Part
+from .files.asgi import CHUNK_SIZE, END_OF_BODY, HasFileno, copy_chunks, file_chunks, send_parts
 
 __all__ = [
     "PATHSEND",
@@ -79,27 +81,6 @@ __all__ = [
     "ZeroCopyResponse",
 ]
 
-
-CHUNK_SIZE = 64 * 1024
-"""Bytes per ``http.response.body`` message on the fallback path (FileResponse's chunk size)."""
-
-_END_OF_BODY: Message = {"type": "http.response.body", "body": b"", "more_body": False}
-
-
-class HasFileno(Protocol):
-    def fileno(self) -> int: ...
-
-
-@dataclass(frozen=True)
-class FileRange:
-    """``count`` bytes of the response's file from ``offset``."""
-
-    offset: int
-    count: int
-
-
-BodyPart = bytes | FileRange
-"""What follows the head: literal bytes (multipart boundaries) or a range of the file."""
 
 BodySender = Callable[[Send], Awaitable[None]]
 
@@ -317,7 +298,7 @@ class _PathBody:
             return PlainTextResponse(status_code=416, headers={"Content-Range": f"bytes */{exc.max_size}"})
         extensions = _extensions(scope)
         if not ranges:
-            whole: list[BodyPart] = [FileRange(0, size)]
+            whole: list[Part] = [FileRange(0, size)]
             return _Reply(status, headers, self._sender([] if head_only else whole, extensions, whole=True))
         if len(ranges) == 1:
             head, parts = self._single_range(headers, *ranges[0], size)
@@ -341,7 +322,7 @@ class _PathBody:
 
     def _single_range(
         self, headers: list[tuple[bytes, bytes]], start: int, end: int, size: int
-    ) -> tuple[list[tuple[bytes, bytes]], list[BodyPart]]:
+    ) -> tuple[list[tuple[bytes, bytes]], list[Part]]:
         head = MutableHeaders(raw=list(headers))
         head["content-range"] = f"bytes {start}-{end - 1}/{size}"
         head["content-length"] = str(end - start)
@@ -349,14 +330,14 @@ class _PathBody:
 
     def _multiple_ranges(
         self, headers: list[tuple[bytes, bytes]], ranges: Sequence[tuple[int, int]], size: int
-    ) -> tuple[list[tuple[bytes, bytes]], list[BodyPart]]:
+    ) -> tuple[list[tuple[bytes, bytes]], list[Part]]:
         boundary = token_hex(13)  # FileResponse's choice: browsers use 95-96 bits
         content_type = self.model.headers["content-type"]
         content_length, part_head = self.model.generate_multipart(ranges, boundary, size, content_type)
         head = MutableHeaders(raw=list(headers))
         head["content-type"] = f"multipart/byteranges; boundary={boundary}"
         head["content-length"] = str(content_length)
-        parts: list[BodyPart] = []
+        parts: list[Part] = []
         separator = b""  # the CRLF that ends each part goes out with the next boundary
         for start, end in ranges:
             parts += [separator + part_head(start, end), FileRange(start, end - start)]
@@ -364,7 +345,7 @@ class _PathBody:
         parts.append(separator + f"--{boundary}--".encode("latin-1"))
         return head.raw, parts
 
-    def _sender(self, parts: list[BodyPart], extensions: Mapping[str, Any], *, whole: bool) -> BodySender:
+    def _sender(self, parts: list[Part], extensions: Mapping[str, Any], *, whole: bool) -> BodySender:
         if not parts:
             return _send_end
         if ZEROCOPYSEND in extensions:
@@ -393,11 +374,11 @@ class _FileBody:
     async def prepare(
         self, scope: Scope, status: int, headers: list[tuple[bytes, bytes]], head_only: bool
     ) -> _Reply:
-        parts: list[BodyPart] = [] if head_only else [FileRange(self.offset, self.length)]
+        parts: list[Part] = [] if head_only else [FileRange(self.offset, self.length)]
         if not parts:
             return _Reply(status, headers, _send_end)
         zero_copy = ZEROCOPYSEND in _extensions(scope)
-        return _Reply(status, headers, partial(_send_parts, self.file, parts, zero_copy=zero_copy))
+        return _Reply(status, headers, partial(send_parts, self.file, parts, zero_copy=zero_copy))
 
     def guess_media_type(self, filename: str | None) -> str:
         """From ``filename`` or the file's own name; octet-stream otherwise, as FileResponse."""
@@ -406,7 +387,7 @@ class _FileBody:
         return guessed or "application/octet-stream"
 
     def chunks(self) -> AsyncGenerator[bytes, None]:
-        return _file_chunks(self.file, FileRange(self.offset, self.length))
+        return file_chunks(self.file, FileRange(self.offset, self.length))
 
     def close(self) -> None:
         _close(self.file)
@@ -443,7 +424,7 @@ class _StreamBody:
 
 
 async def _send_end(send: Send) -> None:
-    await send(_END_OF_BODY)
+    await send(END_OF_BODY)
 
 
 async def _send_pathsend(path: str | os.PathLike[str], send: Send) -> None:
@@ -455,63 +436,24 @@ async def _send_splice(stream: HasFileno, count: int | None, send: Send) -> None
 
 
 async def _send_path_parts(
-    path: str | os.PathLike[str], parts: list[BodyPart], send: Send, *, zero_copy: bool
+    path: str | os.PathLike[str], parts: list[Part], send: Send, *, zero_copy: bool
 ) -> None:
     async with _opened(path) as file:
-        await _send_parts(file, parts, send, zero_copy=zero_copy)
-
-
-async def _send_parts(file: HasFileno, parts: list[BodyPart], send: Send, *, zero_copy: bool) -> None:
-    """Send ``parts`` after the head; the last message is the one with ``more_body=False``."""
-    for index, part in enumerate(parts):
-        more_body = index < len(parts) - 1
-        if isinstance(part, bytes):
-            await send({"type": "http.response.body", "body": part, "more_body": more_body})
-        elif zero_copy:
-            await send(
-                {
-                    "type": ZEROCOPYSEND,
-                    "file": file,
-                    "offset": part.offset,
-                    "count": part.count,
-                    "more_body": more_body,
-                }
-            )
-        else:
-            await _copy_chunks(_file_chunks(file, part), send)
-            if not more_body:
-                await send(_END_OF_BODY)
+        await send_parts(file, parts, send, zero_copy=zero_copy)
 
 
 async def _copy_stream(stream: HasFileno, count: int | None, send: Send) -> None:
-    await _copy_chunks(_stream_chunks(stream, count), send)
-    await send(_END_OF_BODY)
-
-
-async def _copy_chunks(chunks: AsyncGenerator[bytes, None], send: Send) -> None:
-    # aclosing: a disconnect cancels us mid-iteration; the generator must not wait for the GC.
-    async with aclosing(chunks):
-        async for chunk in chunks:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await copy_chunks(_stream_chunks(stream, count), send)
+    await send(END_OF_BODY)
 
 
 # ---- reading, for servers without the extensions -----------------------------------------------
 
 
 async def _path_chunks(path: str | os.PathLike[str]) -> AsyncGenerator[bytes, None]:
-    async with _opened(path) as file, aclosing(_file_chunks(file, None)) as chunks:
+    async with _opened(path) as file, aclosing(file_chunks(file, None)) as chunks:
         async for chunk in chunks:
             yield chunk
-
-
-def _file_chunks(file: HasFileno, part: FileRange | None) -> AsyncGenerator[bytes, None]:
-    """``part`` of the file (all of it for ``None``), read 64 KiB at a time off the loop, as
-    FileResponse reads; from explicit offsets, whatever the file object's position. A file
-    that shrank since its size was taken ends in ``IncompleteTransfer``, never a short body."""
-    if part is None:
-        return fastbody.achunks(fastbody.describe(file, offset=0), size=CHUNK_SIZE)
-    source = fastbody.describe(file, offset=part.offset)
-    return fastbody.achunks(fastbody.Source(source.body, part.count), size=CHUNK_SIZE)
 
 
 def _stream_chunks(stream: HasFileno, count: int | None) -> AsyncGenerator[bytes, None]:
