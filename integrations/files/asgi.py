@@ -1,22 +1,34 @@
 """A file's body parts over ASGI: the zero-copy messages when the server advertises them,
-``http.response.body`` messages read from the file otherwise."""
+``http.response.body`` messages read from the file otherwise; and ``HandoffApp``, the ASGI
+middleware by which a server answers ``X-Sendfile`` / ``X-Accel-Redirect`` with the file."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import aclosing
+from dataclasses import dataclass
+from io import BufferedReader
 from typing import Any, Protocol
+
+import anyio
+import anyio.to_thread
 
 import fastbody
 
-from ..asgi import ZEROCOPYSEND
-from .answer import FileRange, Part
+from ..asgi import EXTENSIONS, PATHSEND, ZEROCOPYSEND
+from .answer import FileAnswer, FileRange, Part, answer
+from .handoff import X_ACCEL_REDIRECT, X_SENDFILE, Handoff, Refused, Target
+from .representation import media_type, validators
 
 CHUNK_SIZE = 64 * 1024
 """Bytes per ``http.response.body`` message on the fallback path (FileResponse's chunk size)."""
 
 Message = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]
+Receive = Callable[[], Awaitable[Message]]
+App = Callable[[Message, Receive, Send], Awaitable[Any]]
 
 END_OF_BODY: dict[str, Any] = {"type": "http.response.body", "body": b"", "more_body": False}
 
@@ -66,3 +78,169 @@ def file_chunks(file: HasFileno, part: FileRange | None) -> AsyncGenerator[bytes
         return fastbody.achunks(fastbody.describe(file, offset=0), size=CHUNK_SIZE)
     source = fastbody.describe(file, offset=part.offset)
     return fastbody.achunks(fastbody.Source(source.body, part.count), size=CHUNK_SIZE)
+
+
+# Handoff: a response naming a file by X-Sendfile / X-Accel-Redirect is answered with the file
+
+
+HANDOFF_HEADERS = frozenset({X_SENDFILE, X_ACCEL_REDIRECT})
+
+REPLACED_HEADERS = frozenset(
+    {"content-length", "transfer-encoding", "content-range", "accept-ranges", "etag", "last-modified"}
+)
+"""The app's headers that describe the app's own body: the server's file answer replaces them
+(ETag and Last-Modified included, as nginx replaces them)."""
+
+BODY_MESSAGES = frozenset({"http.response.body", *EXTENSIONS})
+
+NOT_FOUND = b"Not Found"
+
+StrHeaders = list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class HandedOff:
+    """A handoff header resolved: the answer to send and the file opened for its parts (None
+    when it has none: HEAD, 304, 412, 416, an empty file)."""
+
+    answer: FileAnswer
+    file: BufferedReader | None
+
+
+class HandoffApp:
+    """ASGI middleware for servers that own the body of a handed-off file: a response whose
+    ``http.response.start`` carries a handoff header ``handoff`` honours is answered with that
+    file (ranges, conditionals, HEAD, validators), its parts sent as ``zerocopysend`` messages;
+    the app's own body is dropped. A name ``handoff`` refuses is a 404 and one warning on
+    ``log``. The ``send`` it wraps must take ``zerocopysend`` (fastbody's uvicorn protocols)."""
+
+    def __init__(self, app: App, handoff: Handoff, log: logging.Logger) -> None:
+        self.app = app
+        self.handoff = handoff
+        self.log = log
+
+    async def __call__(self, scope: Message, receive: Receive, send: Send) -> Any:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        return await self.app(scope, receive, HandoffSend(self, scope, send))
+
+
+class HandoffSend:
+    """One request's ``send`` under ``HandoffApp``: every message passes through until a head
+    names a file; from then on the server answers and the app's body messages are accepted and
+    dropped until its last (``more_body=False``)."""
+
+    def __init__(self, owner: HandoffApp, scope: Message, send: Send) -> None:
+        self.owner = owner
+        self.scope = scope
+        self.send = send
+        self.dropping = False
+
+    async def __call__(self, message: Message) -> None:
+        kind = message["type"]
+        if self.dropping and kind in BODY_MESSAGES:
+            self.dropping = kind != PATHSEND and bool(message.get("more_body", False))
+            return
+        if kind == "http.response.start":
+            message = {**message, "headers": list(message.get("headers", []))}  # any iterable: read once
+            headers = [(_text(name).lower(), _text(value)) for name, value in message["headers"]]
+            named = self.owner.handoff.named(headers)
+            if named is not None:
+                await self._hand_off(message, headers, named)
+                return
+        await self.send(message)
+
+    async def _hand_off(self, start: Message, headers: StrHeaders, named: tuple[str, str]) -> None:
+        status = int(start["status"])
+        if status < 200 or status in (204, 304):  # no body to replace: the head goes on without the header
+            await self.send({**start, "headers": _without_handoff(start["headers"])})
+            return
+        self.dropping = True  # set first: whatever happens below, the app's own body is not sent
+        method = self.scope["method"]
+        # Shielded: a cancellation while the thread opens the file would lose the open file.
+        with anyio.CancelScope(shield=True):
+            handed = await anyio.to_thread.run_sync(
+                resolve, self.owner.handoff, method, request_headers(self.scope), status, headers, named
+            )
+        if isinstance(handed, Refused):
+            self.owner.log.warning("fastbody: %s (%s %s): answered 404", handed, method, self.scope["path"])
+            await self._not_found()
+            return
+        try:
+            await self._send_answer(handed)
+        finally:
+            if handed.file is not None:
+                handed.file.close()
+
+    async def _send_answer(self, handed: HandedOff) -> None:
+        found = handed.answer
+        head = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in found.headers]
+        await self.send({"type": "http.response.start", "status": found.status, "headers": head})
+        if handed.file is None:
+            await self.send(END_OF_BODY)
+            return
+        with contextlib.suppress(fastbody.TransferError):
+            # The server has closed the connection and logged why (a client gone mid-body, a
+            # file that shrank): the response is over, and the app need not hear of it.
+            await send_parts(handed.file, found.parts, self.send, zero_copy=True)
+
+    async def _not_found(self) -> None:
+        head = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"%d" % len(NOT_FOUND))]
+        await self.send({"type": "http.response.start", "status": 404, "headers": head})
+        await self.send({"type": "http.response.body", "body": NOT_FOUND, "more_body": False})
+
+
+def resolve(
+    handoff: Handoff,
+    method: str,
+    request: Mapping[str, str],
+    status: int,
+    headers: StrHeaders,
+    named: tuple[str, str],
+) -> HandedOff | Refused:
+    """The answer to a head whose ``headers`` hand over ``named``, and its file opened (in one
+    trip to a thread: the realpath, the stat and the open all block)."""
+    name, value = named
+    try:
+        target = handoff.target(name, value)
+    except Refused as refused:
+        return refused
+    except UnicodeDecodeError:  # (percent-encoded bytes that are not UTF-8 name no file)
+        return Refused(f"{name} {value!r} is not UTF-8 once percent-decoded")
+    size = target.stat.st_size
+    whole = 200 if status in (200, 206) else status  # a range the app answered is ours to answer again
+    found = answer(method, request, representation_headers(headers, target), size, status=whole)
+    if not any(isinstance(part, FileRange) for part in found.parts):
+        return HandedOff(found, None)
+    try:
+        return HandedOff(found, open(target.path, "rb"))
+    except OSError as error:
+        return Refused(f"{name} {value!r}: {error.strerror}")
+
+
+def representation_headers(headers: StrHeaders, target: Target) -> StrHeaders:
+    """The headers of the file's 200: the app's, less the handoff header and those of its own
+    body; its Content-Type (and Content-Disposition) when it set one; the file's validators."""
+    kept = [(name, value) for name, value in headers if name not in REPLACED_HEADERS | HANDOFF_HEADERS]
+    if not any(name == "content-type" for name, _ in kept):
+        kept.append(("content-type", media_type(target.path)))
+    etag, last_modified = validators(target.stat.st_size, target.stat.st_mtime)
+    return [*kept, ("etag", etag), ("last-modified", last_modified)]
+
+
+def request_headers(scope: Message) -> dict[str, str]:
+    """The request's headers by lower-case name; repeated fields joined by commas (RFC 9110 5.3)."""
+    fields: dict[str, str] = {}
+    for raw_name, raw_value in scope["headers"]:
+        name, value = _text(raw_name).lower(), _text(raw_value)
+        fields[name] = f"{fields[name]}, {value}" if name in fields else value
+    return fields
+
+
+def _without_handoff(headers: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    return [(name, value) for name, value in headers if _text(name).lower() not in HANDOFF_HEADERS]
+
+
+def _text(field: bytes | str) -> str:
+    """A header name or value as str (ASGI says bytes, latin-1; some apps give str)."""
+    return field if isinstance(field, str) else bytes(field).decode("latin-1")
