@@ -41,26 +41,22 @@ from collections.abc import (
     Callable,
     Iterable,
     Mapping,
-    Sequence,
 )
 from contextlib import aclosing, asynccontextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from mimetypes import guess_type
-from secrets import token_hex
 from typing import Any, cast
 
 import anyio
 import anyio.to_thread
 from starlette import staticfiles
 from starlette.background import BackgroundTask
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.responses import (
     ContentStream,
     FileResponse,
-    MalformedRangeHeader,
-    PlainTextResponse,
-    RangeNotSatisfiable,
     Response,
     StreamingResponse,
 )
@@ -68,7 +64,9 @@ from starlette.types import Receive, Scope, Send
 
 import fastbody
 
+from . import files
 from .asgi import PATHSEND, SPLICESEND, ZEROCOPYSEND
+from .files import representation
 from .files.answer import FileRange, Part
 from .files.asgi import CHUNK_SIZE, END_OF_BODY, HasFileno, copy_chunks, file_chunks, send_parts
 
@@ -134,6 +132,7 @@ class ZeroCopyResponse(StreamingResponse):
         stat_result: os.stat_result | None = None,
         method: str | None = None,
         content_disposition_type: str = "attachment",
+        precompressed: bool = False,
     ) -> None:
         if count is not None and count < 0:
             raise ValueError(f"count must be >= 0, not {count}")
@@ -144,7 +143,14 @@ class ZeroCopyResponse(StreamingResponse):
             if count is not None:
                 raise ValueError("count applies to file objects, sockets and pipes; use a Range request")
             self._init_path(
-                content, status_code, headers, media_type, filename, stat_result, content_disposition_type
+                content,
+                status_code,
+                headers,
+                media_type,
+                filename,
+                stat_result,
+                content_disposition_type,
+                precompressed,
             )
         elif _fileno(content) is not None:
             if stat_result is not None:
@@ -174,6 +180,7 @@ class ZeroCopyResponse(StreamingResponse):
         filename: str | None,
         stat_result: os.stat_result | None,
         content_disposition_type: str,
+        precompressed: bool,
     ) -> None:
         # A FileResponse builds the headers (media type, Accept-Ranges, Content-Disposition, stat
         # headers) and keeps doing so at request time: both responses share one header list.
@@ -189,7 +196,7 @@ class ZeroCopyResponse(StreamingResponse):
         self.status_code = status_code
         self.media_type = model.media_type
         self.raw_headers = model.raw_headers
-        self._body = _PathBody(path, stat_result, model)
+        self._body = _PathBody(path, stat_result, model, precompressed)
         self.body_iterator = _path_chunks(path)
 
     def _init_descriptor(
@@ -221,11 +228,9 @@ class ZeroCopyResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
             return
         try:
-            prepared = await body.prepare(scope, self.status_code, self.raw_headers, self._head_only(scope))
-            if isinstance(prepared, Response):  # 400 or 416, answered as FileResponse answers them
-                await prepared(scope, receive, send)
-                return
-            self._reply = prepared
+            self._reply = await body.prepare(
+                scope, self.status_code, self.raw_headers, self._head_only(scope)
+            )
             # StreamingResponse runs stream_response beside listen_for_disconnect.
             await super().__call__(scope, receive, send)
         finally:
@@ -249,12 +254,52 @@ class ZeroCopyResponse(StreamingResponse):
 
 
 class StaticFiles(staticfiles.StaticFiles):
-    """Starlette's ``StaticFiles`` serving its files with ``ZeroCopyResponse``.
+    """Starlette's ``StaticFiles`` serving its files with ``ZeroCopyResponse``, with what
+    whitenoise users expect:
 
-    Not-modified handling (If-None-Match, If-Modified-Since → 304) is Starlette's, unchanged.
-    The ``404.html`` of ``html=True`` mode is still a plain ``FileResponse`` (Starlette builds it
-    outside ``file_response``).
+    - ``precompressed=True``: ``x.css.br`` or ``x.css.gz`` beside ``x.css`` is sent for it when
+      ``Accept-Encoding`` allows (``Content-Encoding``, ``Vary: Accept-Encoding``, the original's
+      Content-Type, the sibling's own length and ETag; ranges apply to what is sent);
+    - ``max_age=60``: ``Cache-Control: public, max-age=60`` (None: no header); a name carrying
+      a content hash (``app.3f2a9c1b.js``) gets ``public, max-age=31536000, immutable``;
+    - ``dotfiles=True``: serve names starting with a dot; False answers 404 for them (and for
+      anything under a dot-directory), ``.well-known`` excepted (RFC 8615);
+    - conditionals and ranges per RFC 9110 (304, 412, If-Range; a Range it cannot parse is
+      ignored; 416 with ``Content-Range: bytes */SIZE``), from ``ZeroCopyResponse``.
+
+    Content-Type: by name; a compressed file asked for by its own name (``x.css.gz``) is
+    ``application/gzip`` (``application/x-brotli`` for ``.br``), unknown names
+    ``application/octet-stream``. The ``404.html`` of ``html=True`` mode is still a plain
+    ``FileResponse`` (Starlette builds it outside ``file_response``).
     """
+
+    def __init__(
+        self,
+        *,
+        directory: staticfiles.PathLike | None = None,
+        packages: list[str | tuple[str, str]] | None = None,
+        html: bool = False,
+        check_dir: bool = True,
+        follow_symlink: bool = False,
+        precompressed: bool = True,
+        max_age: int | None = 60,
+        dotfiles: bool = True,
+    ) -> None:
+        super().__init__(
+            directory=directory,
+            packages=packages,
+            html=html,
+            check_dir=check_dir,
+            follow_symlink=follow_symlink,
+        )
+        self.precompressed = precompressed
+        self.max_age = max_age
+        self.dotfiles = dotfiles
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        if not self.dotfiles and _hidden(path):
+            raise HTTPException(status_code=404)
+        return await super().get_response(path, scope)
 
     def file_response(
         self,
@@ -263,102 +308,106 @@ class StaticFiles(staticfiles.StaticFiles):
         scope: Scope,
         status_code: int = 200,
     ) -> Response:
-        response = ZeroCopyResponse(full_path, status_code=status_code, stat_result=stat_result)
-        if self.is_not_modified(response.headers, Headers(scope=scope)):
-            return staticfiles.NotModifiedResponse(response.headers)
-        return response
+        name = os.fspath(full_path)
+        cache_control = representation.cache_control(name, self.max_age)
+        return ZeroCopyResponse(
+            full_path,
+            status_code=status_code,
+            headers={"cache-control": cache_control} if cache_control is not None else None,
+            media_type=representation.media_type(name),
+            stat_result=stat_result,
+            precompressed=self.precompressed and status_code == 200,
+        )
+
+
+def _hidden(path: str) -> bool:
+    """Whether a request path (``StaticFiles.get_path``'s, OS separators) names a dotfile or
+    lies under a dot-directory; ``.well-known`` (RFC 8615) is not hidden."""
+    return any(part.startswith(".") and part not in (".", ".well-known") for part in path.split(os.sep))
 
 
 # ---- the three kinds of body -------------------------------------------------------------------
 
 
 class _PathBody:
-    """A file named by a path: FileResponse's headers, statuses and ranges."""
+    """A file named by a path: FileResponse's headers; ranges and conditionals as
+    ``fastbody.integrations.files.answer`` decides them; a precompressed sibling when asked."""
 
     def __init__(
-        self, path: str | os.PathLike[str], stat_result: os.stat_result | None, model: FileResponse
+        self,
+        path: str | os.PathLike[str],
+        stat_result: os.stat_result | None,
+        model: FileResponse,
+        precompressed: bool,
     ) -> None:
         self.path = path
         self.stat_result = stat_result
         self.model = model
+        self.siblings = representation.sibling_names(os.fspath(path)) if precompressed else []
 
     async def prepare(
         self, scope: Scope, status: int, headers: list[tuple[bytes, bytes]], head_only: bool
-    ) -> _Reply | Response:
-        stat_result = self.stat_result
-        if stat_result is None:
-            stat_result = await anyio.to_thread.run_sync(_stat_regular_file, self.path)
-        self.model.set_stat_headers(stat_result)  # setdefault: headers given by the app win
-        size = stat_result.st_size
-        try:
-            ranges = self._requested_ranges(scope, status, size)
-        except MalformedRangeHeader as exc:
-            return PlainTextResponse(exc.content, status_code=400)
-        except RangeNotSatisfiable as exc:
-            return PlainTextResponse(status_code=416, headers={"Content-Range": f"bytes */{exc.max_size}"})
-        extensions = _extensions(scope)
-        if not ranges:
-            whole: list[Part] = [FileRange(0, size)]
-            return _Reply(status, headers, self._sender([] if head_only else whole, extensions, whole=True))
-        if len(ranges) == 1:
-            head, parts = self._single_range(headers, *ranges[0], size)
-        else:
-            head, parts = self._multiple_ranges(headers, ranges, size)
-        return _Reply(206, head, self._sender([] if head_only else parts, extensions, whole=False))
-
-    def _requested_ranges(self, scope: Scope, status: int, size: int) -> list[tuple[int, int]]:
-        """The ranges to serve, as FileResponse decides them; [] for the whole file."""
+    ) -> _Reply:
         request = Headers(scope=scope)
-        http_range = request.get("range")
-        if_range = request.get("if-range")
-        if (
-            status != 200
-            or http_range is None
-            or (scope["type"] == "http" and scope["method"].upper() not in ("GET", "HEAD"))
-            or (if_range is not None and not self.model._should_use_range(if_range))
-        ):
-            return []
-        return FileResponse._parse_range_header(http_range, size)
+        found = await self._found(request.get("accept-encoding"))
+        path, stat_result, coding, varies = found
+        if coding is None:
+            self.model.set_stat_headers(stat_result)  # setdefault: headers given by the app win
+        fields = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
+        if coding is not None:  # the sibling's own length and validators, the original's type
+            fields = [(name, value) for name, value in fields if name not in _PER_FILE]
+            etag, last_modified = representation.validators(stat_result.st_size, stat_result.st_mtime)
+            fields += [("content-encoding", coding), ("etag", etag), ("last-modified", last_modified)]
+        if varies:
+            fields.append(("vary", "Accept-Encoding"))
+        method = "HEAD" if head_only else (scope["method"] if scope["type"] == "http" else "GET")
+        found_answer = files.answer(method, dict(request.items()), fields, stat_result.st_size, status=status)
+        head = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in found_answer.headers]
+        parts = found_answer.parts
+        whole = found_answer.status == status and parts == [FileRange(0, stat_result.st_size)]
+        return _Reply(found_answer.status, head, self._sender(path, parts, _extensions(scope), whole=whole))
 
-    def _single_range(
-        self, headers: list[tuple[bytes, bytes]], start: int, end: int, size: int
-    ) -> tuple[list[tuple[bytes, bytes]], list[Part]]:
-        head = MutableHeaders(raw=list(headers))
-        head["content-range"] = f"bytes {start}-{end - 1}/{size}"
-        head["content-length"] = str(end - start)
-        return head.raw, [FileRange(start, end - start)]
+    async def _found(
+        self, accept_encoding: str | None
+    ) -> tuple[str | os.PathLike[str], os.stat_result, str | None, bool]:
+        """The file to send, its stat, its content coding (None: the original itself), and
+        whether a sibling exists (then the answer varies by Accept-Encoding)."""
+        if not self.siblings:
+            stat_result = self.stat_result
+            if stat_result is None:
+                stat_result = await anyio.to_thread.run_sync(_stat_regular_file, self.path)
+            return self.path, stat_result, None, False
+        return await anyio.to_thread.run_sync(self._choose, accept_encoding)
 
-    def _multiple_ranges(
-        self, headers: list[tuple[bytes, bytes]], ranges: Sequence[tuple[int, int]], size: int
-    ) -> tuple[list[tuple[bytes, bytes]], list[Part]]:
-        boundary = token_hex(13)  # FileResponse's choice: browsers use 95-96 bits
-        content_type = self.model.headers["content-type"]
-        content_length, part_head = self.model.generate_multipart(ranges, boundary, size, content_type)
-        head = MutableHeaders(raw=list(headers))
-        head["content-type"] = f"multipart/byteranges; boundary={boundary}"
-        head["content-length"] = str(content_length)
-        parts: list[Part] = []
-        separator = b""  # the CRLF that ends each part goes out with the next boundary
-        for start, end in ranges:
-            parts += [separator + part_head(start, end), FileRange(start, end - start)]
-            separator = b"\r\n"
-        parts.append(separator + f"--{boundary}--".encode("latin-1"))
-        return head.raw, parts
+    def _choose(self, accept_encoding: str | None) -> tuple[str, os.stat_result, str | None, bool]:
+        """In a thread: the siblings that exist, and the best of them the client accepts."""
+        existing = {coding: (name, found) for coding, name in self.siblings if (found := _regular(name))}
+        for coding in representation.accepted_encodings(accept_encoding, list(existing)):
+            name, found = existing[coding]
+            return name, found, coding, True
+        stat_result = self.stat_result or _stat_regular_file(self.path)
+        return os.fspath(self.path), stat_result, None, bool(existing)
 
-    def _sender(self, parts: list[Part], extensions: Mapping[str, Any], *, whole: bool) -> BodySender:
+    def _sender(
+        self, path: str | os.PathLike[str], parts: list[Part], extensions: Mapping[str, Any], *, whole: bool
+    ) -> BodySender:
         if not parts:
             return _send_end
         if ZEROCOPYSEND in extensions:
-            return partial(_send_path_parts, self.path, parts, zero_copy=True)
+            return partial(_send_path_parts, path, parts, zero_copy=True)
         if whole and PATHSEND in extensions:
-            return partial(_send_pathsend, self.path)
-        return partial(_send_path_parts, self.path, parts, zero_copy=False)
+            return partial(_send_pathsend, path)
+        return partial(_send_path_parts, path, parts, zero_copy=False)
 
     def chunks(self) -> AsyncGenerator[bytes, None]:
         return _path_chunks(self.path)
 
     def close(self) -> None:
         """Nothing to close: each send opens and closes its own file."""
+
+
+_PER_FILE = frozenset({"content-length", "etag", "last-modified"})
+"""Headers that belong to one file: a sibling sent instead of the original has its own."""
 
 
 class _FileBody:
@@ -523,6 +572,15 @@ def _stat_regular_file(path: str | os.PathLike[str]) -> os.stat_result:
     if not stat.S_ISREG(stat_result.st_mode):
         raise RuntimeError(f"File at path {path} is not a file.")
     return stat_result
+
+
+def _regular(path: str) -> os.stat_result | None:
+    """The stat of ``path`` when it is a regular file (a precompressed sibling), else None."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found if stat.S_ISREG(found.st_mode) else None
 
 
 def _close(source: object) -> None:

@@ -1,6 +1,6 @@
 """The ``fastbody`` command: ``serve`` a directory, ``proxy`` an upstream, ``bench`` this machine.
 
-    fastbody serve [DIR] [--host 127.0.0.1] [--port 8000] [--workers N] [--server uvicorn|gunicorn]
+    fastbody serve [DIR] [--no-precompressed] [--max-age S] [--no-index] [--dotfiles] [--host ...] ...
     fastbody proxy UPSTREAM_URL [--host ...] [--port ...] [--workers N] [--server ...]
     fastbody bench [--quick] [--out DIR]
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from .proxy import proxy_app, proxy_command
-from .serve import serve_app, serve_command
+from .serve import serve_app, serve_command, serve_options
 from .usage import UsageError
 
 __all__ = ["UsageError", "main", "parser", "proxy_app", "serve_app"]
@@ -70,10 +70,12 @@ def parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="serve a directory's files (sendfile, ranges, conditional requests)",
-        description="Serve the files of DIR: ranges and conditional requests, no directory listings,"
-        " nothing outside DIR (.., symlinks out, encoded traversal: 404).",
+        description="Serve the files of DIR: precompressed .br/.gz siblings, Cache-Control, index.html,"
+        " ranges and conditional requests; no directory listings, no dotfiles, nothing outside DIR"
+        " (.., symlinks out, encoded traversal: 404).",
     )
     serve.add_argument("directory", nargs="?", default=".", metavar="DIR", help="default: the current one")
+    serve_options(serve)
     _server_options(serve)
     serve.set_defaults(run=serve_command)
     proxy = commands.add_parser(
