@@ -206,7 +206,7 @@ def resolve(
     except Refused as refused:
         return refused
     except UnicodeDecodeError:  # (percent-encoded bytes that are not UTF-8 name no file)
-        return Refused(f"{name} {value!r} is not UTF-8 once percent-decoded")
+        return Refused(f"{name.title()} {value!r} is not UTF-8 once percent-decoded")
     size = target.stat.st_size
     whole = 200 if status in (200, 206) else status  # a range the app answered is ours to answer again
     found = answer(method, request, representation_headers(headers, target), size, status=whole)
@@ -215,7 +215,7 @@ def resolve(
     try:
         return HandedOff(found, open(target.path, "rb"))
     except OSError as error:
-        return Refused(f"{name} {value!r}: {error.strerror}")
+        return Refused(f"{name.title()} {value!r}: {error.strerror}")
 
 
 def representation_headers(headers: StrHeaders, target: Target) -> StrHeaders:
