@@ -25,6 +25,16 @@ then:
 ``--no-sendfile`` (or ``SENDFILE=0``) and TLS keep the framing and use the copy path. Plain
 iterable bodies are written by gunicorn exactly as before.
 
+Files named by the app rather than handed over, and ranges of files:
+
+- ``FASTBODY_XSENDFILE_ROOTS`` / ``FASTBODY_ACCEL_REDIRECT`` (``fastbody.integrations.files.handoff``,
+  read once per worker): a response carrying ``X-Sendfile`` / ``X-Accel-Redirect`` is answered
+  with the file it names (``files.wsgi.HandoffMiddleware``: ranges, conditionals, HEAD), each
+  part by sendfile; unset, the headers pass through untouched;
+- werkzeug's ``_RangeWrapper`` around a ``wsgi.file_wrapper`` of a file (Flask's ``send_file``
+  answering a Range) and whitenoise's ``SlicedFile`` (its range responses) are sent as that
+  range of the file, by sendfile, under the app's own 206 head.
+
 How it plugs in: gunicorn builds a ``Response`` per request (``gunicorn.http.wsgi.create``);
 the workers wrap the app so that, before it runs, that response becomes a ``FastResponse``
 (a subclass that overrides ``write_file`` and ``close`` only) and ``wsgi.file_wrapper`` becomes
@@ -49,6 +59,9 @@ import fastbody
 import fastbody.plan
 
 from .failures import log_broken
+from .files.answer import FileRange
+from .files.handoff import Handoff
+from .files.wsgi import FileParts, HandoffMiddleware, sliced_file, werkzeug_range
 
 __all__ = ["FastResponse", "FastSync", "FastThread", "FileWrapper", "Pieces"]
 
@@ -150,8 +163,9 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
             return
         source = respiter.filelike
         pieces = source if isinstance(source, Pieces) else None
-        described = None if pieces is not None else fastbody.describe(source)
-        known = None if described is None else described.length
+        parts = None if pieces is not None or respiter.length is not None else _file_parts(source)
+        described = None if pieces is not None or parts is not None else fastbody.describe(source)
+        known = parts.length if parts is not None else None if described is None else described.length
         if respiter.length is not None:
             known = respiter.length if known is None else min(known, respiter.length)
         framing = fastbody.framing.for_response(
@@ -190,6 +204,8 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
                         source, count = piece if isinstance(piece, tuple) else (piece, None)
                         writer.send(source, count=count)
                     writer.end()
+                elif parts is not None:
+                    _send_parts(parts, writer)
                 else:
                     writer.send(described, count=count, last=True)
         except fastbody.TransferError as error:
@@ -226,6 +242,26 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
         return float(timeout) if timeout else None
 
 
+def _file_parts(source: object) -> FileParts | None:
+    """Parts of a regular file to send from their own offsets: an answer's ``FileParts``, or
+    whitenoise's range of a file seen as one."""
+    return source if isinstance(source, FileParts) else sliced_file(source)
+
+
+def _send_parts(body: FileParts, writer: fastbody.ResponseWriter) -> None:
+    """Each part in turn: literal bytes (multipart boundaries) as they are, file ranges by
+    sendfile from their offsets; the last one ends the body."""
+    if not body.parts:
+        writer.end()
+        return
+    final = len(body.parts) - 1
+    for index, part in enumerate(body.parts):
+        if isinstance(part, FileRange):
+            writer.send(body.file, offset=part.offset, count=part.count, last=index == final)
+        else:
+            writer.send(part, last=index == final)
+
+
 def _pieces_of(pieces: Pieces, writer: fastbody.ResponseWriter) -> Iterator[Piece]:
     """The pieces; an error the iterable raises (a failing upstream) carries the bytes sent."""
     while True:
@@ -245,16 +281,24 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
-def _upgrade(app: WSGIApp, heartbeat: AbstractContextManager[object] | None) -> WSGIApp:
-    """``app``, with gunicorn's HTTP/1 responses turned into ``FastResponse`` before it runs."""
+def _upgrade(
+    app: WSGIApp, heartbeat: AbstractContextManager[object] | None, handoff: Handoff | None = None
+) -> WSGIApp:
+    """``app``, with gunicorn's HTTP/1 responses turned into ``FastResponse`` before it runs,
+    and handoff headers answered when ``handoff`` says where their files may be."""
+    served = app if handoff is None else HandoffMiddleware(app, handoff, log)
 
     def fastbody_app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         response: Any = getattr(start_response, "__self__", None)
-        if type(response) is gunicorn_wsgi.Response:  # not HTTP/2's own response class
-            response.__class__ = FastResponse
-            response.heartbeat = heartbeat
-            environ["wsgi.file_wrapper"] = FileWrapper
-        return app(environ, start_response)
+        if type(response) is not gunicorn_wsgi.Response:  # HTTP/2's own response class
+            return served(environ, start_response)
+        response.__class__ = FastResponse
+        response.heartbeat = heartbeat
+        environ["wsgi.file_wrapper"] = FileWrapper
+        body = served(environ, start_response)
+        # werkzeug's range of a file wrapper is no file wrapper: gunicorn would iterate it.
+        ranged = werkzeug_range(body, FileWrapper)
+        return body if ranged is None else FileWrapper(ranged)
 
     return fastbody_app
 
@@ -295,7 +339,7 @@ class FastSync(SyncWorker):  # type: ignore[misc]
     def load_wsgi(self) -> None:
         super().load_wsgi()
         interval = max(min(self.timeout / 4, 1.0), 0.05) if self.timeout else 1.0
-        self.wsgi = _upgrade(self.wsgi, Heartbeat(self.notify, interval))
+        self.wsgi = _upgrade(self.wsgi, Heartbeat(self.notify, interval), Handoff.from_environ())
 
 
 class FastThread(ThreadWorker):  # type: ignore[misc]
@@ -307,7 +351,7 @@ class FastThread(ThreadWorker):  # type: ignore[misc]
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
-        self.wsgi = _upgrade(self.wsgi, None)
+        self.wsgi = _upgrade(self.wsgi, None, Handoff.from_environ())
 
 
 def __getattr__(name: str) -> Any:
