@@ -461,3 +461,28 @@ def test_bodies_copied_through_tls_are_counted(
         assert sum(grown.values()) == TLS_BODY, grown
     finally:
         stop(running)
+
+
+# ---- a client gone before the head: zero-copy messages dropped as uvicorn drops the others --------
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_zero_copy_after_the_client_went_away(tmp_path: Path, http: str) -> None:
+    """uvicorn drops every message to a closed connection, the head included; a zero-copy body
+    after that dropped head is the client gone (PeerClosedError), never 'Expected ASGI message
+    http.response.start' (a RuntimeError, logged as an app failure)."""
+    data = tmp_path / "data.bin"
+    data.write_bytes(os.urandom(256 * 1024))
+    apps = Path(__file__).resolve().parent / "apps"
+    server = start_uvicorn(
+        "late_app:app", apps, tmp_path, http, "asyncio", env={"FASTBODY_TEST_FILE": str(data)}
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+            client.sendall(b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.2)
+        wait_until(lambda: server.info()["outcomes"], 10, "the app answered")
+        assert server.info()["outcomes"] == ["PeerClosedError: the client went away"]
+    finally:
+        stop(server)
+    assert "Traceback" not in server.errors(), server.errors()

@@ -180,6 +180,7 @@ class ZeroCopySend:
         self.cycle = cycle
         self.held: Message | None = None
         self.declared: int | None = None  # Content-Length bytes still to send, when declared
+        self.started = False  # the app sent its head (which uvicorn drops if the client has gone)
         self.transfer: asyncio.Future[Any] | None = None
 
     async def __call__(self, message: Any) -> None:
@@ -213,6 +214,7 @@ class ZeroCopySend:
             await self.release()
             await self.cycle.send(message)  # a second start: uvicorn refuses it as it always does
             return
+        self.started = True
         # ASGI headers may be any iterable: read them once, here.
         message = {**message, "headers": list(message.get("headers", []))}
         self.declared = declared_length(message["headers"])
@@ -225,7 +227,7 @@ class ZeroCopySend:
         cycle = self.cycle
         if cycle.flow.write_paused and not cycle.disconnected:
             await cycle.flow.drain()
-        if not cycle.response_started and self.held is None:
+        if not self.started:
             raise RuntimeError(f"Expected ASGI message 'http.response.start', but got '{message['type']}'.")
         if cycle.response_complete:
             raise RuntimeError(
