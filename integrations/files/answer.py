@@ -42,8 +42,8 @@ class FileAnswer:
 
     @property
     def length(self) -> int:
-        """The body's length (its Content-Length), HEAD or not."""
-        return int(next(value for name, value in self.headers if name == "content-length"))
+        """The body's length (its Content-Length), HEAD or not; 0 for a 304, which has none."""
+        return next((int(value) for name, value in self.headers if name == "content-length"), 0)
 
 
 NOT_MODIFIED_HEADERS = frozenset(

@@ -8,7 +8,9 @@ otherwise). A date that does not parse is ignored, as 13.1.3/13.1.4 say.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from datetime import timezone
 from email.utils import parsedate_to_datetime
 
 NOT_MODIFIED = 304
@@ -97,8 +99,25 @@ def _later(last_modified: str | None, header: str) -> bool:
     return date is not None and modified is not None and modified > date
 
 
+_DAY = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_MONTH = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+_TIME = r"\d\d:\d\d:\d\d"
+_HTTP_DATE = re.compile(
+    rf"{_DAY}, \d\d {_MONTH} \d{{4}} {_TIME} GMT"  # IMF-fixdate
+    rf"|(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), \d\d-{_MONTH}-\d\d {_TIME} GMT"
+    rf"|{_DAY} {_MONTH} [ \d]\d {_TIME} \d{{4}}",  # asctime-date
+    re.ASCII,
+)
+"""HTTP-date (RFC 9110 5.6.7): IMF-fixdate, or the obsolete rfc850-date and asctime-date."""
+
+
 def _date(text: str) -> float | None:
+    """The instant an HTTP-date names; None for anything else (a list of dates included, as
+    13.1.3/13.1.4 say). All three formats are GMT, asctime's too: never the local time."""
+    text = text.strip()
+    if not _HTTP_DATE.fullmatch(text):
+        return None
     try:
-        return parsedate_to_datetime(text.strip()).timestamp()
+        return parsedate_to_datetime(text).replace(tzinfo=timezone.utc).timestamp()
     except (TypeError, ValueError, IndexError, OverflowError):
         return None

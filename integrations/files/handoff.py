@@ -85,7 +85,10 @@ class Handoff:
             if not os.path.isabs(value):
                 raise Refused(f"X-Sendfile {value!r} is not an absolute path")
             return _inside(value, self.sendfile_roots, f"X-Sendfile {value!r}")
-        path = unquote(value.partition("?")[0].partition("#")[0], errors="strict")
+        try:
+            path = unquote(value.partition("?")[0].partition("#")[0], errors="strict")
+        except UnicodeDecodeError:
+            raise Refused(f"X-Accel-Redirect {value!r} is not UTF-8 once percent-decoded") from None
         for prefix, directory in self.locations:
             if path.startswith(prefix) or path + "/" == prefix:
                 rest = path[len(prefix) :].lstrip("/")

@@ -33,17 +33,30 @@ def byte_ranges(header: str, size: int) -> ByteRanges | None:
         if not first:  # suffix-range: the last N bytes
             if not last:
                 return None
-            length = int(last)
+            length = _int(last, size)
             if length > 0 and size > 0:
                 ranges.append((max(size - length, 0), size))
             continue
-        start = int(first)
-        if last and int(last) < start:
+        if last and _less(last, first):
             return None  # an invalid range-spec makes the whole header invalid
+        start = _int(first, size)
         if start < size:
-            end = size if not last else min(int(last) + 1, size)
+            end = size if not last else min(_int(last, size) + 1, size)
             ranges.append((start, end))
     return _merged(ranges)
+
+
+def _int(digits: str, ceiling: int) -> int:
+    """``min(int(digits), ceiling)`` for any number of digits: ``int()`` refuses more than 4300
+    (a ValueError), and any number past the size means the same as the size."""
+    digits = digits.lstrip("0") or "0"
+    return ceiling if len(digits) > len(str(ceiling)) else min(int(digits), ceiling)
+
+
+def _less(digits: str, other: str) -> bool:
+    """``int(digits) < int(other)``, however long they are."""
+    digits, other = digits.lstrip("0"), other.lstrip("0")
+    return (len(digits), digits) < (len(other), other)
 
 
 def _digits(text: str, *, empty: bool) -> bool:
