@@ -153,6 +153,8 @@ def test_single_range(server: Server, tree: Tree) -> None:
     assert got.headers["content-range"] == f"bytes {MIB}-{2 * MIB - 1}/{SIZE}"
     assert got.headers["content-length"] == str(MIB)
     assert moved(before, server.stats()) == {"sendfile": MIB}
+    past = httpx.get(server.url + route(**ACCEL), headers={"Range": f"bytes={SIZE}-"})
+    assert (past.status_code, past.content, past.headers["content-range"]) == (416, b"", f"bytes */{SIZE}")
 
 
 def test_multipart_ranges(server: Server, tree: Tree) -> None:
