@@ -372,15 +372,17 @@ class _PathBody:
     ) -> tuple[str | os.PathLike[str], os.stat_result, str | None, bool]:
         """The file to send, its stat, its content coding (None: the original itself), and
         whether a sibling exists (then the answer varies by Accept-Encoding)."""
-        if not self.siblings:
-            stat_result = self.stat_result
-            if stat_result is None:
-                stat_result = await anyio.to_thread.run_sync(_stat_regular_file, self.path)
-            return self.path, stat_result, None, False
-        return await anyio.to_thread.run_sync(self._choose, accept_encoding)
+        if self.stat_result is None:  # nothing stat'ed yet: all of it off the loop
+            return await anyio.to_thread.run_sync(self._choose, accept_encoding)
+        # StaticFiles has just looked the file up (in a thread): its siblings' stats come from
+        # the dentry cache, cheaper on the loop than a second trip to a thread (nginx stats on
+        # its loop too).
+        return self._choose(accept_encoding)
 
     def _choose(self, accept_encoding: str | None) -> tuple[str, os.stat_result, str | None, bool]:
-        """In a thread: the siblings that exist, and the best of them the client accepts."""
+        """The siblings that exist, and the best of them the client accepts."""
+        if not self.siblings:
+            return os.fspath(self.path), self.stat_result or _stat_regular_file(self.path), None, False
         existing = {coding: (name, found) for coding, name in self.siblings if (found := _regular(name))}
         for coding in representation.accepted_encodings(accept_encoding, list(existing)):
             name, found = existing[coding]
