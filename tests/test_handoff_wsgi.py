@@ -227,6 +227,7 @@ def test_app_status(server: Server, files: Files) -> None:
         ("x-accel-redirect", "/protected/%2e%2e/outside/secret.txt"),
         ("x-accel-redirect", "/protected/..%2Foutside%2Fsecret.txt"),
         ("x-accel-redirect", "/protected/link-out"),
+        ("x-accel-redirect", "/protected/%ff.bin"),
         ("x-accel-redirect", "/protected/missing.bin"),
         ("x-accel-redirect", "/elsewhere/big.bin"),
     ],
@@ -357,3 +358,17 @@ def test_flask_use_x_sendfile(tmp: Path, files: Files, worker: str) -> None:
         assert moved(before, running.stats()) == {"sendfile": len(files.data) + 1_000_000}
     finally:
         stop(running)
+
+
+# A file answer read by a server that does not know it (another server's file_wrapper)
+
+
+def test_file_parts_read_as_a_file(files: Files) -> None:
+    from fastbody.integrations.files import FileRange
+    from fastbody.integrations.files.wsgi import FileParts
+
+    with open(files.big, "rb") as file:
+        body = FileParts(file, [b"<", FileRange(10, 100_000), b"|", FileRange(0, 5), b">"])
+        read = b"".join(iter(lambda: body.read(8192), b""))
+    assert read == b"<" + files.data[10:100_010] + b"|" + files.data[:5] + b">"
+    assert body.length == len(read)

@@ -67,8 +67,8 @@ class FileParts:
     file: IO[bytes]
     parts: list[Part]
     on_close: Callable[[], object] | None = None
-    _next: int = field(default=0, repr=False)  # read(): the part under way
-    _done: int = field(default=0, repr=False)  # read(): bytes of that part already read
+    _next: int = field(default=0, init=False, repr=False)  # read(): the part under way
+    _done: int = field(default=0, init=False, repr=False)  # read(): bytes of that part already read
 
     @property
     def length(self) -> int:
