@@ -1416,3 +1416,43 @@ def test_target_never_leaves_the_root(tree: tuple[Handoff, Path, Path], segments
         assert os.path.commonpath([found.path, str(root)]) == str(root)
         assert Path(found.path).is_file()
         assert os.path.realpath(found.path) == found.path
+
+
+# ---- review follow-ups: dates are not hashes, suffixes by any case, weights by the grammar -----
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("report.20240101.pdf", "public, max-age=60"),  # a date: all digits
+        ("release.12345678.tar", "public, max-age=60"),
+        ("app.1234567a.js", representation.IMMUTABLE),
+        ("app.3F2A9C1B.js", representation.IMMUTABLE),
+    ],
+)
+def test_cache_control_needs_a_hex_letter(name: str, expected: str) -> None:
+    assert representation.cache_control(name, 60) == expected
+
+
+def test_a_compressed_suffix_in_any_case_has_no_siblings() -> None:
+    assert representation.sibling_names("app.css.GZ") == []
+    assert representation.sibling_names("app.css.Br") == []
+    assert representation.media_type("app.css.GZ") == "application/gzip"
+
+
+@pytest.mark.parametrize("weight", ["2", "inf", "1e3", "-1", "0.5000", "1.5", "nan", ""])
+def test_a_weight_outside_the_grammar_is_not_acceptable(weight: str) -> None:
+    assert representation.accepted_encodings(f"br;q={weight}, gzip", ["br", "gzip"]) == ["gzip"]
+
+
+@pytest.mark.parametrize("weight", ["0.5", "1", "1.000", "0.001", "1."])
+def test_a_weight_by_the_grammar(weight: str) -> None:
+    assert representation.accepted_encodings(f"br;q={weight}", ["br", "gzip"]) == ["br"]
+
+
+def test_a_location_without_its_slash_is_still_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("a")
+    handoff = Handoff(locations=(("/p", str(tmp_path.resolve())),))
+    assert handoff.target("x-accel-redirect", "/p/a.txt").path == str((tmp_path / "a.txt").resolve())
+    with pytest.raises(Refused):
+        handoff.target("x-accel-redirect", "/pa.txt")

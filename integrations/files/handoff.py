@@ -90,7 +90,11 @@ class Handoff:
         except UnicodeDecodeError:
             raise Refused(f"X-Accel-Redirect {value!r} is not UTF-8 once percent-decoded") from None
         for prefix, directory in self.locations:
-            if path.startswith(prefix) or path + "/" == prefix:
+            # A prefix without its trailing slash is a directory too: /p takes /p/x, not /px.
+            if path.startswith(prefix if prefix.endswith("/") else prefix + "/") or path in (
+                prefix,
+                prefix.rstrip("/"),
+            ):
                 rest = path[len(prefix) :].lstrip("/")
                 return _inside(os.path.join(directory, rest), (directory,), f"X-Accel-Redirect {value!r}")
         raise Refused(f"X-Accel-Redirect {value!r} is under no {ACCEL_REDIRECT} prefix")

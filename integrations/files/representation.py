@@ -22,8 +22,12 @@ ENCODINGS: tuple[tuple[str, str], ...] = (("br", ".br"), ("gzip", ".gz"))
 IMMUTABLE = "public, max-age=31536000, immutable"
 """Cache-Control for a name that carries a hash of its content: it never changes under that name."""
 
-_HASHED = re.compile(r"\.[0-9a-fA-F]{8,}\.[^./]+$")
-"""``name.<8 or more hex digits>.ext`` (webpack/Vite ``[contenthash]``, Django's manifest storage)."""
+_HASHED = re.compile(r"\.(?=[0-9]*[a-fA-F])[0-9a-fA-F]{8,}\.[^./]+$")
+"""``name.<8 or more hex digits>.ext`` (webpack ``[contenthash]``, Django's manifest storage),
+with a letter among the digits: ``report.20240101.pdf`` is a date, not a hash."""
+
+_QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")
+"""RFC 9110 12.4.2: a weight is 0 to 1 with at most three decimals."""
 
 _ENCODED_TYPES = {
     "gzip": "application/gzip",
@@ -69,10 +73,8 @@ def accepted_encodings(accept_encoding: str | None, offered: Iterable[str]) -> l
         for param in params:
             key, _, value = param.partition("=")
             if key.strip().lower() == "q":
-                try:
-                    weight = float(value)
-                except ValueError:
-                    weight = 0.0
+                value = value.strip()
+                weight = float(value) if _QVALUE.fullmatch(value) else 0.0  # not a weight: not acceptable
         weights[coding.lower()] = weight
     chosen: list[tuple[float, int, str]] = []
     for rank, coding in enumerate(offered):
@@ -99,4 +101,5 @@ def validators(size: int, mtime: float) -> tuple[str, str]:
 
 
 def _encoding_suffix(name: str) -> str:
-    return next((suffix for _, suffix in ENCODINGS if name.endswith(suffix)), "")
+    lower = name.lower()  # as mimetypes reads suffixes: app.css.GZ is compressed too
+    return next((name[-len(suffix) :] for _, suffix in ENCODINGS if lower.endswith(suffix)), "")
