@@ -299,7 +299,15 @@ class StaticFiles(staticfiles.StaticFiles):
     async def get_response(self, path: str, scope: Scope) -> Response:
         if not self.dotfiles and _hidden(path):
             raise HTTPException(status_code=404)
+        if scope["path"].endswith("/") and path != "." and await self._is_file(path):
+            # A file is no directory: /app.css/ is a 404, as whitenoise and nginx answer it
+            # (Starlette's get_path drops the slash and would serve the file under a second URL).
+            raise HTTPException(status_code=404)
         return await super().get_response(path, scope)
+
+    async def _is_file(self, path: str) -> bool:
+        _, stat_result = await anyio.to_thread.run_sync(self.lookup_path, path)
+        return stat_result is not None and stat.S_ISREG(stat_result.st_mode)
 
     def file_response(
         self,

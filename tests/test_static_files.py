@@ -320,3 +320,10 @@ def test_serve_rejects_a_negative_max_age(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "must be 0 or more" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("path", ["/static/plain.txt/", "/static/sub/index.html/", "/static/app.css/"])
+def test_a_file_is_no_directory(server: Server, path: str) -> None:
+    # whitenoise, servestatic and nginx answer 404; Starlette's own StaticFiles drops the slash.
+    got = fetch(f"{server.url}{path}")
+    assert got.status == 404

@@ -8,8 +8,6 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import aclosing
-from dataclasses import dataclass
-from io import BufferedReader
 from typing import Any, Protocol
 
 import anyio
@@ -18,9 +16,8 @@ import anyio.to_thread
 import fastbody
 
 from ..asgi import EXTENSIONS, PATHSEND, ZEROCOPYSEND
-from .answer import FileAnswer, FileRange, Part, answer
-from .handoff import X_ACCEL_REDIRECT, X_SENDFILE, Handoff, Refused, Target
-from .representation import media_type, validators
+from .answer import FileRange, Part
+from .handoff import HANDOFF_HEADERS, HandedOff, Handoff, Refused, hand_off
 
 CHUNK_SIZE = 64 * 1024
 """Bytes per ``http.response.body`` message on the fallback path (FileResponse's chunk size)."""
@@ -83,28 +80,11 @@ def file_chunks(file: HasFileno, part: FileRange | None) -> AsyncGenerator[bytes
 # Handoff: a response naming a file by X-Sendfile / X-Accel-Redirect is answered with the file
 
 
-HANDOFF_HEADERS = frozenset({X_SENDFILE, X_ACCEL_REDIRECT})
-
-REPLACED_HEADERS = frozenset(
-    {"content-length", "transfer-encoding", "content-range", "accept-ranges", "etag", "last-modified"}
-)
-"""The app's headers that describe the app's own body: the server's file answer replaces them
-(ETag and Last-Modified included, as nginx replaces them)."""
-
 BODY_MESSAGES = frozenset({"http.response.body", *EXTENSIONS})
 
 NOT_FOUND = b"Not Found"
 
 StrHeaders = list[tuple[str, str]]
-
-
-@dataclass(frozen=True)
-class HandedOff:
-    """A handoff header resolved: the answer to send and the file opened for its parts (None
-    when it has none: HEAD, 304, 412, 416, an empty file)."""
-
-    answer: FileAnswer
-    file: BufferedReader | None
 
 
 class HandoffApp:
@@ -160,7 +140,7 @@ class HandoffSend:
         # Shielded: a cancellation while the thread opens the file would lose the open file.
         with anyio.CancelScope(shield=True):
             handed = await anyio.to_thread.run_sync(
-                resolve, self.owner.handoff, method, request_headers(self.scope), status, headers, named
+                resolve, self.owner.handoff, named, method, request_headers(self.scope), status, headers
             )
         if isinstance(handed, Refused):
             self.owner.log.warning("fastbody: %s (%s %s): answered 404", handed, method, self.scope["path"])
@@ -192,40 +172,17 @@ class HandoffSend:
 
 def resolve(
     handoff: Handoff,
+    named: tuple[str, str],
     method: str,
     request: Mapping[str, str],
     status: int,
     headers: StrHeaders,
-    named: tuple[str, str],
 ) -> HandedOff | Refused:
-    """The answer to a head whose ``headers`` hand over ``named``, and its file opened (in one
-    trip to a thread: the realpath, the stat and the open all block)."""
-    name, value = named
+    """``hand_off``, with a refusal returned rather than raised (it crosses a thread)."""
     try:
-        target = handoff.target(name, value)
+        return hand_off(handoff, named, method, request, status, headers)
     except Refused as refused:
         return refused
-    except UnicodeDecodeError:  # (percent-encoded bytes that are not UTF-8 name no file)
-        return Refused(f"{name.title()} {value!r} is not UTF-8 once percent-decoded")
-    size = target.stat.st_size
-    whole = 200 if status in (200, 206) else status  # a range the app answered is ours to answer again
-    found = answer(method, request, representation_headers(headers, target), size, status=whole)
-    if not any(isinstance(part, FileRange) for part in found.parts):
-        return HandedOff(found, None)
-    try:
-        return HandedOff(found, open(target.path, "rb"))
-    except OSError as error:
-        return Refused(f"{name.title()} {value!r}: {error.strerror}")
-
-
-def representation_headers(headers: StrHeaders, target: Target) -> StrHeaders:
-    """The headers of the file's 200: the app's, less the handoff header and those of its own
-    body; its Content-Type (and Content-Disposition) when it set one; the file's validators."""
-    kept = [(name, value) for name, value in headers if name not in REPLACED_HEADERS | HANDOFF_HEADERS]
-    if not any(name == "content-type" for name, _ in kept):
-        kept.append(("content-type", media_type(target.path)))
-    etag, last_modified = validators(target.stat.st_size, target.stat.st_mtime)
-    return [*kept, ("etag", etag), ("last-modified", last_modified)]
 
 
 def request_headers(scope: Message) -> dict[str, str]:

@@ -23,13 +23,39 @@ import os
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import BinaryIO
 from urllib.parse import unquote
+
+from . import representation
+from .answer import FileAnswer, FileRange, answer
 
 XSENDFILE_ROOTS = "FASTBODY_XSENDFILE_ROOTS"
 ACCEL_REDIRECT = "FASTBODY_ACCEL_REDIRECT"
 
 X_SENDFILE = "x-sendfile"
 X_ACCEL_REDIRECT = "x-accel-redirect"
+HANDOFF_HEADERS = frozenset({X_SENDFILE, X_ACCEL_REDIRECT})
+
+REPLACED = frozenset(
+    {"content-length", "transfer-encoding", "content-range", "accept-ranges", "etag", "last-modified"}
+)
+"""The app's headers that described its own (empty) body: the file's answer replaces them
+(ETag and Last-Modified too, as nginx replaces them)."""
+
+REPRESENTATION = frozenset(
+    {
+        "content-type",
+        "content-disposition",
+        "content-encoding",
+        "content-language",
+        "content-location",
+        "cache-control",
+        "expires",
+        "vary",
+    }
+)
+"""The app's headers that describe the file: ``answer`` decides which of them a 304 keeps. The
+rest (Set-Cookie, X-Frame-Options, ...) are the app's own and go out whatever the status."""
 
 
 class Refused(Exception):
@@ -98,6 +124,69 @@ class Handoff:
                 rest = path[len(prefix) :].lstrip("/")
                 return _inside(os.path.join(directory, rest), (directory,), f"X-Accel-Redirect {value!r}")
         raise Refused(f"X-Accel-Redirect {value!r} is under no {ACCEL_REDIRECT} prefix")
+
+
+@dataclass(frozen=True)
+class HandedOff:
+    """A handoff resolved: the answer to send (its headers final: the app's own first) and the
+    file opened for its parts (None when there are none: HEAD, 304, 412, 416, an empty file)."""
+
+    answer: FileAnswer
+    file: BinaryIO | None
+
+
+def hand_off(
+    handoff: Handoff,
+    named: tuple[str, str],
+    method: str,
+    request: Mapping[str, str],
+    status: int,
+    headers: Iterable[tuple[str, str]],
+) -> HandedOff:
+    """The answer to a response with ``status`` and ``headers`` (the app's, any case) whose
+    handoff header ``named`` names a file, and that file opened; ``Refused`` when there is none
+    to send. Blocks (realpath, stat, open): an event loop calls it in a thread. The app's 200
+    or 206 (werkzeug's range of its empty body) is answered as a 200 would be; another status
+    sends the whole file with it."""
+    target = handoff.target(*named)
+    own, described = [], []
+    for name, value in headers:
+        lower = name.lower()
+        if lower in REPRESENTATION:
+            described.append((lower, value))
+        elif lower not in REPLACED and lower not in HANDOFF_HEADERS:
+            own.append((name, value))
+    if not any(name == "content-type" for name, _ in described):
+        described.insert(0, ("content-type", representation.media_type(target.path)))
+    file = _open(target)
+    try:
+        found = os.fstat(file.fileno())  # the validators of what will be sent
+        etag, last_modified = representation.validators(found.st_size, found.st_mtime)
+        described += [("etag", etag), ("last-modified", last_modified)]
+        whole = 200 if status in (200, 206) else status
+        found_answer = answer(method, request, described, found.st_size, status=whole)
+        found_answer = FileAnswer(found_answer.status, [*own, *found_answer.headers], found_answer.parts)
+    except BaseException:
+        file.close()
+        raise
+    if not any(isinstance(part, FileRange) for part in found_answer.parts):
+        file.close()  # HEAD, 304, 412, 416, an empty file: the head says it all
+        return HandedOff(found_answer, None)
+    return HandedOff(found_answer, file)
+
+
+def _open(target: Target) -> BinaryIO:
+    """The target, opened once; refused when what was opened is not the file that was checked
+    (replaced in between, so it may lie outside the directories)."""
+    try:
+        file = open(target.path, "rb")  # noqa: SIM115 - the caller's HandedOff owns it
+    except OSError as error:
+        raise Refused(f"{target.path}: {error.strerror}") from None
+    opened = os.fstat(file.fileno())
+    if (opened.st_dev, opened.st_ino) != (target.stat.st_dev, target.stat.st_ino):
+        file.close()
+        raise Refused(f"{target.path} was replaced while it was opened")
+    return file
 
 
 def _inside(path: str, directories: tuple[str, ...], what: str) -> Target:

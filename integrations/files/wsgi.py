@@ -14,7 +14,6 @@ Nothing here moves a byte: fastbody's gunicorn workers send ``FileParts`` throug
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -22,9 +21,8 @@ from typing import IO, Any
 
 import fastbody
 
-from . import representation
-from .answer import FileAnswer, FileRange, Part, answer
-from .handoff import Handoff, Refused, Target
+from .answer import FileRange, Part
+from .handoff import Handoff, Refused, hand_off
 
 __all__ = ["FileParts", "HandoffMiddleware", "request_headers", "sliced_file", "werkzeug_range"]
 
@@ -32,26 +30,6 @@ Environ = dict[str, Any]
 Headers = list[tuple[str, str]]
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
-
-DROPPED = frozenset(
-    {"content-length", "transfer-encoding", "content-range", "accept-ranges", "etag", "last-modified"}
-)
-"""The app's headers that described its own (empty) body: the server's answer replaces them."""
-
-REPRESENTATION = frozenset(
-    {
-        "content-type",
-        "content-disposition",
-        "content-encoding",
-        "content-language",
-        "content-location",
-        "cache-control",
-        "expires",
-        "vary",
-    }
-)
-"""The app's headers that describe the file: ``answer`` decides which a 304 keeps. The rest
-(Set-Cookie, ...) are the app's own and go out with whatever status the answer has."""
 
 NOT_FOUND = b"Not Found\n"
 
@@ -133,30 +111,28 @@ class HandoffMiddleware:
 
     def _file(self, environ: Environ, held: HeldStart, code: int, named: tuple[str, str]) -> Iterable[bytes]:
         assert held.status is not None
+        method = str(environ.get("REQUEST_METHOD", "GET"))
         try:
-            target = self.handoff.target(*named)
-            file, found = _open(target)
+            handed = hand_off(self.handoff, named, method, request_headers(environ), code, held.headers)
         except Refused as refused:
-            where = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
-            self.log.warning("fastbody: %s: answered 404 to %s", refused, where)
+            self.log.warning("fastbody: %s: answered 404 to %s %s", refused, method, environ.get("PATH_INFO"))
             held.start_response(
                 "404 Not Found",
                 [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(NOT_FOUND)))],
             )
             return [NOT_FOUND]
+        found = handed.answer
+        status = held.status if found.status == code else _status_line(found.status)
         try:
-            found_answer = _answer(environ, held.headers, code, target.path, found)
-            status = held.status if found_answer.status == code else _status_line(found_answer.status)
-            own = [(name, value) for name, value in held.headers if _own(name, named[0])]
-            held.start_response(status, [*own, *found_answer.headers], held.exc_info)
+            held.start_response(status, found.headers, held.exc_info)
         except BaseException:
-            file.close()
+            if handed.file is not None:
+                handed.file.close()
             raise
-        if not any(isinstance(part, FileRange) for part in found_answer.parts):
-            file.close()  # HEAD, 304, 412, 416: the head says it all
+        if handed.file is None:
             return []
         wrapper = environ["wsgi.file_wrapper"]
-        return wrapper(FileParts(file, found_answer.parts))  # type: ignore[no-any-return]
+        return wrapper(FileParts(handed.file, found.parts))  # type: ignore[no-any-return]
 
 
 class HeldStart:
@@ -210,39 +186,6 @@ def request_headers(environ: Mapping[str, Any]) -> dict[str, str]:
     return {
         key[5:].replace("_", "-").lower(): value for key, value in environ.items() if key.startswith("HTTP_")
     }
-
-
-def _answer(environ: Environ, headers: Headers, code: int, path: str, found: os.stat_result) -> FileAnswer:
-    """The answer for the file, from the app's representation headers and the file's own
-    validators; an app's 206 (werkzeug's range of its empty body) is evaluated as a 200."""
-    described = [(name.lower(), value) for name, value in headers if name.lower() in REPRESENTATION]
-    if not any(name == "content-type" for name, _ in described):
-        described.insert(0, ("content-type", representation.media_type(path)))
-    etag, last_modified = representation.validators(found.st_size, found.st_mtime)
-    described += [("etag", etag), ("last-modified", last_modified)]
-    method = str(environ.get("REQUEST_METHOD", "GET"))
-    status = 200 if code in (200, 206) else code
-    return answer(method, request_headers(environ), described, found.st_size, status=status)
-
-
-def _open(target: Target) -> tuple[IO[bytes], os.stat_result]:
-    """The target, opened once; refused when what was opened is not the file that was checked
-    (replaced in between, so it may lie outside the directories)."""
-    try:
-        file = open(target.path, "rb")  # noqa: SIM115 - the body owns it and closes it
-    except OSError as error:
-        raise Refused(f"{target.path}: {error.strerror}") from None
-    found = os.fstat(file.fileno())
-    if (found.st_dev, found.st_ino) != (target.stat.st_dev, target.stat.st_ino):
-        file.close()
-        raise Refused(f"{target.path} was replaced while it was opened")
-    return file, found
-
-
-def _own(name: str, handoff_header: str) -> bool:
-    """An app header that goes out beside the answer's own (Set-Cookie, X-Frame-Options, ...)."""
-    lower = name.lower()
-    return lower != handoff_header and lower not in DROPPED and lower not in REPRESENTATION
 
 
 def _without(headers: Headers, lower_name: str) -> Headers:
