@@ -19,7 +19,6 @@ import datetime
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -71,31 +70,19 @@ def starlette_app() -> Any:
 # ---- running the servers -----------------------------------------------------------------------
 
 
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextmanager
 def process(name: str, command: list[str], port: int, log: Path, env: dict[str, str]) -> Iterator[int]:
     """Run ``command`` until the block ends (SIGTERM to its PID, SIGKILL after 15 s); yields
     ``port`` once it accepts connections (within 30 s)."""
+    from servers import accepts  # tests/servers.py (main puts tests/ on the path)
+
     with open(log, "wb") as output:
         child = subprocess.Popen(
             command, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, **env}, cwd=log.parent
         )
     try:
         deadline = time.monotonic() + 30
-        while not _accepts(port):
+        while not accepts(port):
             if child.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{name} did not start:\n{log.read_text(errors='replace')[-2000:]}")
             time.sleep(0.05)
@@ -111,7 +98,9 @@ def process(name: str, command: list[str], port: int, log: Path, env: dict[str, 
 
 
 def uvicorn_app(factory: str, protocol: str | None, root: Path, tmp: Path, name: str) -> Any:
-    port = _free_port()
+    from servers import free_port
+
+    port = free_port()
     command = [sys.executable, "-m", "uvicorn", f"static_behaviour:{factory}", "--factory"]
     command += ["--app-dir", str(HERE), "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     if protocol is not None:
@@ -254,9 +243,8 @@ One tree (`build_tree` in `tests/test_static_comparison.py`: `app.css` with `.br
 (`Accept-Encoding: identity` unless the row says otherwise). A cell is `status [Content-Encoding]
 [Content-Range]`; **bold** where it differs from `fastbody serve`. nginx runs with
 `gzip_static on; gzip_vary on;` (Debian's nginx has no `brotli_static`: never a .br). Why each
-difference is expected (or, for `/small.txt/`, a fastbody bug) is written in `EXPECTED` and
-`BUGS` in `tests/test_static_comparison.py`, which compares the full answers (media type, Vary,
-Content-Length, body) with whitenoise's and nginx's.
+difference is expected is written in `EXPECTED` in `tests/test_static_comparison.py`, which
+compares the full answers (media type, Vary, Content-Length, body) with whitenoise's and nginx's.
 
 {rows}
 """

@@ -19,7 +19,7 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
-from servers import MIB, free_port, wait_until  # noqa: E402
+from servers import MIB, accepts, free_port, wait_until  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,17 +50,9 @@ def fastbody(*args: str, tmp: Path) -> Command:
             start_new_session=True,  # its own process group: the test can find every child
         )
     command = Command(process, port, log)
-    wait_until(lambda: _accepts(port) or process.poll() is not None, 30, f"fastbody {args[0]} up")
+    wait_until(lambda: accepts(port) or process.poll() is not None, 30, f"fastbody {args[0]} up")
     assert process.poll() is None, command.output()
     return command
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def terminate(command: Command) -> str:
@@ -164,7 +156,7 @@ def test_proxy_to_a_real_upstream(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_until(lambda: _accepts(port), 30, "upstream up")
+        wait_until(lambda: accepts(port), 30, "upstream up")
         command = fastbody("proxy", f"http://127.0.0.1:{port}", tmp=tmp_path)
         try:
             got = httpx.get(f"{command.url}/blob.bin", timeout=30)

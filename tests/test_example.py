@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import socket
 import subprocess
 import sys
 import tempfile
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from servers import fetch, free_port, launch, stop, wait_until
+from servers import accepts, fetch, free_port, launch, stop, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,7 +61,7 @@ def test_proxy_example(tmp_path: Path) -> None:
     try:
         command = [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "examples"), "proxy_app:app"]
         command += ["--port", str(port), "--http", "fastbody.integrations.uvicorn:AutoProtocol"]
-        wait_until(lambda: _accepts(upstream_port), 30, "upstream up")
+        wait_until(lambda: accepts(upstream_port), 30, "upstream up")
         env = {"UPSTREAM": f"http://127.0.0.1:{upstream_port}"}
         server = launch(command, port, tmp_path / "proxy.log", env=env)
         try:
@@ -72,11 +71,3 @@ def test_proxy_example(tmp_path: Path) -> None:
     finally:
         upstream.terminate()
         upstream.wait(10)
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False

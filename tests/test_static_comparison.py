@@ -35,7 +35,7 @@ pytest.importorskip("whitenoise", reason="whitenoise not installed (pip install 
 brotli = pytest.importorskip("brotli", reason="brotli not installed (pip install brotli)")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from servers import Server, free_port, launch, stop, wait_until  # noqa: E402
+from servers import Server, accepts, free_port, launch, stop, wait_until  # noqa: E402
 from test_cli import Command, fastbody, terminate  # noqa: E402
 
 APPS = Path(__file__).resolve().parent / "apps"
@@ -350,7 +350,7 @@ def start_nginx(root: Path, tmp: Path) -> Nginx:
             stderr=subprocess.STDOUT,
         )
     server = Nginx(process, port, prefix, [log, prefix / "error.log"])
-    wait_until(lambda: _accepts(port) or process.poll() is not None, 30, "nginx up")
+    wait_until(lambda: accepts(port) or process.poll() is not None, 30, "nginx up")
     assert process.poll() is None, server.output()
     return server
 
@@ -362,14 +362,6 @@ def stop_nginx(server: Nginx) -> None:
     except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait(10)
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def sendfile_moved(output: str) -> int:
