@@ -6,22 +6,64 @@ moves every piece by sendfile, splice or copy, writes the framing bytes around e
 chunk's size line before it, its CRLF after, the last chunk at the end), counts every body byte
 in ``stats()`` and returns the exact count, or raises a ``TransferError`` carrying it.
 
+The writer also knows when its response ended, and how: subscribers of
+``fastbody.counters.subscribe`` hear it once per response (``outcome_of`` says how a failure is
+told). A body ends when its last piece went out (``last=True``, ``end()``) or its Content-Length
+is filled (a server that writes the body's end itself, as uvicorn does), when a piece fails, or
+when the integration says its source failed between pieces (``source_failed``). A writer whose
+head is a request line (a proxy forwarding a request body upstream) is no response.
+
     writer = ResponseWriter(sock, framing, head=head_bytes, timeout=30)
     writer.send(open("big.iso", "rb"), last=True)    # or: await writer.asend(...)
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Generator
 from typing import Any
 
+from . import counters
 from .drivers import run_async, run_blocking
-from .errors import IncompleteTransfer
+from .errors import IncompleteTransfer, PeerClosedError, TransferTimeout
 from .framing import BodyWriter, Framing, writer_for
 from .pipes import PipePool, default_pool
 from .pump import Progress, Pump, Request, pump
+from .source import StreamBody, StreamKind
 from .transfer import destination, source_body
+
+
+def outcome_of(error: BaseException, *, socket_source: bool = False) -> str:
+    """How a response whose body failed with ``error`` ended (one of ``counters.OUTCOMES``).
+
+    By the exception's type: the peer closed or reset a socket → ``client_gone``, and so does
+    a transfer cancelled or closed by its driver (uvicorn cancels a transfer when its client
+    goes away); no progress for the timeout → ``timeout``; the source ended before the body's
+    length → ``short_source``, or ``upstream`` when the source was a socket (another server's
+    answer, the proxy's upstream); anything else → ``error``. Which side of a relay a reset or a
+    stall came from is not known to the engine: both count as the client's.
+    """
+    if isinstance(error, PeerClosedError | asyncio.CancelledError | GeneratorExit):
+        return counters.CLIENT_GONE
+    if isinstance(error, TransferTimeout):
+        return counters.TIMEOUT
+    if isinstance(error, IncompleteTransfer):
+        return counters.UPSTREAM if socket_source else counters.SHORT_SOURCE
+    return counters.ERROR
+
+
+class _Tally(Progress):
+    """A piece's ``Progress`` that also adds its bytes to the response's own by path (only while
+    someone listens: unobserved responses count as they always did)."""
+
+    def __init__(self, limit: int | None, moved: dict[str, int]) -> None:
+        super().__init__(limit)
+        self.moved = moved
+
+    def add(self, path: str, count: int) -> None:
+        super().add(path, count)
+        self.moved[path] += count
 
 
 class ResponseWriter:
@@ -54,6 +96,11 @@ class ResponseWriter:
         self.ended = False
         self._done = 0  # body bytes of the pieces that finished
         self._piece: Progress | None = None  # the piece under way (or the last that failed)
+        # This response's bytes by path, while observers listen (None: nobody hears its end).
+        self._moved: dict[str, int] | None = None
+        if counters.listening() and not _request_line(head):
+            self._moved = dict.fromkeys(counters.PATHS, 0)
+        self._socket_source = False  # the last piece came from a socket (an upstream's answer)
 
     @property
     def sent(self) -> int:
@@ -94,7 +141,10 @@ class ResponseWriter:
             sent = yield from self._pump(source, offset, count, last, blocking)
         except BaseException as error:
             self._count_whole(error)
+            self._report(outcome_of(error, socket_source=self._socket_source))
             raise
+        if self._moved is not None and (last or self.framing.remaining == 0):
+            self._report(counters.COMPLETE)
         return self._sent(sent)
 
     def end(self) -> None:
@@ -103,6 +153,12 @@ class ResponseWriter:
 
     async def aend(self) -> None:
         await self.asend(b"", last=True)
+
+    def source_failed(self) -> None:
+        """The body's source failed between pieces, outside the writer (an iterable of pieces
+        that raised: the proxy's upstream): the response ends, as ``upstream``."""
+        self.ended = True
+        self._report(counters.UPSTREAM)
 
     def _pump(
         self, source: object, offset: int | None, count: int | None, last: bool, blocking: bool
@@ -113,7 +169,11 @@ class ResponseWriter:
         dst = destination(self.sock)
         dst.pending, self.pending = self.pending, b""
         self.ended = last
-        self._piece = Progress(count)
+        if self._moved is None:
+            self._piece = Progress(count)
+        else:
+            self._piece = _Tally(count, self._moved)
+            self._socket_source = isinstance(body, StreamBody) and body.kind is StreamKind.SOCKET
         return pump(
             dst,
             body,
@@ -132,6 +192,12 @@ class ResponseWriter:
         self._piece = None
         return count
 
+    def _report(self, outcome: str) -> None:
+        """Tell observers this response ended (once; nothing when nobody listened)."""
+        moved, self._moved = self._moved, None
+        if moved is not None:
+            counters.response_ended(moved, outcome)
+
     def _count_whole(self, error: BaseException) -> None:
         """Make ``error`` count the whole body's bytes, not just this piece's."""
         self.ended = True  # a failed piece leaves the framing broken: nothing more may follow
@@ -140,3 +206,9 @@ class ResponseWriter:
         if isinstance(error, IncompleteTransfer):
             error.expected += self._done
             error.args = (f"source ended after {error.sent} of {error.expected} bytes",)
+
+
+def _request_line(head: bytes) -> bool:
+    """Whether ``head`` starts a request, not a response (whose status line begins "HTTP/", which
+    no method can: "/" is no token character)."""
+    return bool(head) and not head.startswith(b"HTTP/")

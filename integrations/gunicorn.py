@@ -269,6 +269,7 @@ def _pieces_of(pieces: Pieces, writer: fastbody.ResponseWriter) -> Iterator[Piec
             piece = next(pieces.pieces, None)
         except fastbody.TransferError as error:
             error.sent += writer.sent
+            writer.source_failed()  # observers (metrics) hear the response ended: upstream
             raise
         if piece is None:
             return
