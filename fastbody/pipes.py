@@ -13,19 +13,32 @@ import os
 import threading
 from dataclasses import dataclass
 
-from . import syscalls
+from . import config, syscalls
 
-PIPE_SIZE = 1 << 20
-"""The size asked for each pipe (Linux's default ``pipe-max-size``)."""
+# These names hold what ``fastbody.config`` says (``FASTBODY_PIPE_SIZE``, ``FASTBODY_MAX_PIPES``,
+# ``FASTBODY_MAX_IDLE_PIPES``, ``fastbody.configure(...)``); ``configure`` rewrites them and the
+# default pool's limits.
 
-MIN_PIPE_SIZE = 256 << 10
-"""A pipe that comes back smaller than this is not worth splicing through."""
+PIPE_SIZE = config.current().pipe_size
+"""The size asked for each pipe (1 MiB unless configured: Linux's default ``pipe-max-size``)."""
 
-MAX_PIPES = 64
-"""Pipes in use at once in one process; one more transfer copies instead."""
+WORTH_SPLICING = 256 << 10
+"""A pipe smaller than this is not worth splicing through (a 1 MiB copy buffer beats it)..."""
 
-MAX_IDLE = 16
-"""Idle pipes kept for reuse; more are closed when returned."""
+
+def min_pipe_size(size: int) -> int:
+    """...unless smaller pipes were asked for: then a pipe of the size asked is accepted."""
+    return min(WORTH_SPLICING, size)
+
+
+MIN_PIPE_SIZE = min_pipe_size(PIPE_SIZE)
+"""A pipe that comes back smaller than this is not spliced through."""
+
+MAX_PIPES = config.current().max_pipes
+"""Pipes in use at once in one process (64 unless configured); one more transfer copies instead."""
+
+MAX_IDLE = config.current().max_idle_pipes
+"""Idle pipes kept for reuse (16 unless configured); more are closed when returned."""
 
 
 @dataclass
@@ -44,15 +57,16 @@ class PipePool:
 
     def __init__(
         self,
-        size: int = PIPE_SIZE,
-        min_size: int = MIN_PIPE_SIZE,
-        max_pipes: int = MAX_PIPES,
-        max_idle: int = MAX_IDLE,
+        size: int | None = None,
+        min_size: int | None = None,
+        max_pipes: int | None = None,
+        max_idle: int | None = None,
     ) -> None:
-        self.size = size
-        self.min_size = min_size
-        self.max_pipes = max_pipes
-        self.max_idle = max_idle
+        # None: what the configuration says now (the module names, read when the pool is made)
+        self.size = PIPE_SIZE if size is None else size
+        self.min_size = min_pipe_size(self.size) if min_size is None else min_size
+        self.max_pipes = MAX_PIPES if max_pipes is None else max_pipes
+        self.max_idle = MAX_IDLE if max_idle is None else max_idle
         self._lock = threading.Lock()
         self._idle: list[Pipe] = []
         self._in_use = 0

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import enum
 
+from . import config
 from .source import Body, ChunksBody, FileBody, ReaderBody, StreamBody, StreamKind
 
-SMALL_BODY = 32 << 10
+SMALL_BODY = config.current().small_body
 """Bodies known to be shorter than this are copied: below it splice and sendfile save nothing
 (Go sees no gain at 1 KiB; HAProxy never splices under 4 KiB). Measured by
-``benchmarks/small_bodies.py``."""
+``benchmarks/small_bodies.py``. 32 KiB unless configured (``FASTBODY_SMALL_BODY``,
+``fastbody.configure(small_body=...)``, which rewrites this name)."""
 
 
 class Path(enum.Enum):
