@@ -1,11 +1,56 @@
-"""How a server integration reports a body it could not send whole: one log line, the same in
-every integration, with the counts and the reason."""
+"""How a server integration reports a body: one log line when it could not be sent whole, the
+same in every integration, with the counts and which side failed (the client, or the source:
+an upstream socket, a file); and the name of the path that moved it, for access logs."""
 
 from __future__ import annotations
 
 import logging
+import socket
+from collections.abc import Iterable
 
 import fastbody
+from fastbody.plan import Path, choose_path
+
+
+class SourceFailed(fastbody.IncompleteTransfer):
+    """The body's source failed part-way (``reason``: how), not the client: an upstream socket
+    that closed early or was reset, an upstream that sent garbage mid-body. An
+    ``IncompleteTransfer``, as every body cut short by its source; ``expected`` is None when the
+    length was not known."""
+
+    reason: str
+
+    @classmethod
+    def of(cls, reason: str, sent: int, expected: int | None, code: int | None = None) -> SourceFailed:
+        of = "" if expected is None else f" of {expected}"
+        text = f"source {reason} after {sent}{of} bytes"
+        error = cls(code, text) if code is not None else cls(text)
+        error.reason, error.sent, error.expected = reason, sent, expected  # type: ignore[assignment]
+        return error
+
+
+def blame(
+    error: fastbody.TransferError, source: fastbody.Source, client: socket.socket | None
+) -> fastbody.TransferError:
+    """``error`` as the side that failed. The engine says ``PeerClosedError`` for a socket reset
+    by its peer whichever socket it was; when the source is a socket and the ``client`` is still
+    connected (not readable: no end, no error waiting), it was the source's peer, an upstream.
+    A socket source that ended before its count is an upstream that closed early."""
+    if source.kind != "socket" or isinstance(error, SourceFailed):
+        return error
+    expected = getattr(error, "expected", None)
+    if isinstance(error, fastbody.IncompleteTransfer):
+        return SourceFailed.of("closed", error.sent, expected)
+    if isinstance(error, fastbody.PeerClosedError) and client is not None and _connected(client):
+        return SourceFailed.of("reset", error.sent, None, error.errno)
+    return error
+
+
+def _connected(client: socket.socket) -> bool:
+    try:
+        return client.fileno() >= 0 and not fastbody.readable_now(client)
+    except (OSError, ValueError):
+        return False
 
 
 def log_broken(
@@ -15,8 +60,9 @@ def log_broken(
     request: str,
     timeout: float | None,
 ) -> None:
-    """Log why ``request``'s body stopped after ``error.sent`` bytes (of ``expected``): a client
-    that left is news (info), one cut off for making no progress a warning, the rest errors."""
+    """Log why ``request``'s body stopped after ``error.sent`` bytes (of ``expected``), in one
+    line and never with a traceback: a client that left is news (info), one cut off for making
+    no progress a warning, a source that failed (upstream, file) an error."""
     of = "" if expected is None else f" of {expected}"
     if isinstance(error, fastbody.PeerClosedError):
         log.info("fastbody: client went away after %d%s bytes of %s", error.sent, of, request)
@@ -24,7 +70,38 @@ def log_broken(
         log.warning(
             "fastbody: no progress for %s s, cut off after %d%s bytes of %s", timeout, error.sent, of, request
         )
+    elif isinstance(error, SourceFailed):
+        log.error(
+            "fastbody: upstream %s after %d%s bytes of %s: connection closed",
+            error.reason,
+            error.sent,
+            of,
+            request,
+        )
     elif isinstance(error, fastbody.IncompleteTransfer):
         log.error("fastbody: body ended after %d%s bytes of %s: connection closed", error.sent, of, request)
     else:
         log.error("fastbody: transfer failed after %d%s bytes of %s: %s", error.sent, of, request, error)
+
+
+# Which path moved a body, for access logs
+
+PATH_NAMES = {
+    Path.SENDFILE: "sendfile",
+    Path.SPLICE_POOLED: "splice",
+    Path.SPLICE_DIRECT: "splice",
+    Path.COPY: "copy",
+}
+
+
+def path_name(source: fastbody.Source, count: int | None, *, kernel: bool = True) -> str:
+    """The path the engine takes for ``count`` bytes of ``source`` (``sendfile``, ``splice`` or
+    ``copy``, the names of ``fastbody.stats()``): its first choice (``fastbody.plan``). A kernel
+    path that cannot start, or a source that trickles, moves on by copy; the engine does not
+    yet say so per response."""
+    return PATH_NAMES[choose_path(source.body, count, tls=not kernel)]
+
+
+def paths_label(paths: Iterable[str]) -> str:
+    """Path names in the order first used, ``+`` between them; ``-`` for none (no body byte)."""
+    return "+".join(dict.fromkeys(paths)) or "-"

@@ -18,11 +18,12 @@ from fastbody.framing import Delimit
 from fastbody.heads import arun
 
 from ..asgi import SPLICESEND
-from .exchange import COPY_CHUNK, Answer, Exchange, Headers, Settings, failure, plain
+from .exchange import COPY_CHUNK, Answer, Exchange, Headers, Settings, failure, plain, refused
 from .pool import AsyncPool
 from .upstream import UpstreamError, chunk_after, read_chunk_header, read_trailers, wants_upgrade
 
-log = logging.getLogger("fastbody.proxy")
+log = logging.getLogger("uvicorn.error")
+"""uvicorn's error log (under gunicorn's uvicorn worker, gunicorn's): its level, format, stream."""
 
 
 class _ClientGone(Exception):
@@ -87,12 +88,11 @@ class ReverseProxy(Settings):
         client = scope["client"][0] if scope.get("client") else None
         query = scope.get("query_string", b"")
         exchange = self.exchange(scope["method"], _asgi_path(scope), query, headers, client, scope["scheme"])
-        where = f"{exchange.method} {exchange.target.decode('latin-1')}"
+        where = self.where(exchange)
         try:
             sock, answer = await self._exchange(exchange, receive)
         except UpstreamError as error:
-            log.error("proxy: %s: %s", where, error)
-            await self._error(send, error.status, str(error))
+            await self._error(send, *refused(log, where, error))
             return
         except _ClientGone:
             return
@@ -105,7 +105,11 @@ class ReverseProxy(Settings):
         except (UpstreamError, OSError, asyncio.TimeoutError) as error:
             # The head is out: the client can only be told by closing its connection, which the
             # server does for a response left incomplete.
-            log.error("proxy: %s: %s mid-body", where, failure(error, self.response_timeout))
+            log.error(
+                "proxy: %s: %s mid-body: client connection closed",
+                where,
+                failure(error, self.response_timeout),
+            )
         finally:
             watch.close()
             self.pool.release(sock, reusable)
@@ -167,15 +171,14 @@ class ReverseProxy(Settings):
         exactly that many left the upstream socket (the connection is clean). The server's
         ``send`` raises when a zero-copy body could not be sent whole (with the bytes it sent):
         an upstream that ended early, a client gone or cut off. Copying, a client gone is seen
-        here (a server drops body messages to a closed connection)."""
+        here (a server drops body messages to a closed connection). The server has logged a
+        zero-copy body it could not send whole, naming the side that failed (an upstream that
+        closed or reset, a client gone or cut off): nothing more to say here."""
         if zero_copy:
             try:
                 await send({"type": SPLICESEND, "source": sock, "count": count, "more_body": more_body})
-            except fastbody.IncompleteTransfer as error:
-                log.error("proxy: upstream closed after %d of %s body bytes", error.sent, count)
-                return False
             except fastbody.TransferError:
-                return False  # the client's side failed: the server has said why
+                return False
             return True
         chunks = fastbody.achunks(
             fastbody.describe(sock, count=count), size=COPY_CHUNK, timeout=self.response_timeout

@@ -8,6 +8,7 @@ the body reaches the client (``splicesend``/``wsgi.file_wrapper``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +68,10 @@ class Settings:
             request=request,
         )
         return Exchange.of(h11.Request(method=method, target=self.target(path, query), headers=sent), request)
+
+    def where(self, exchange: Exchange) -> str:
+        """The request as sent upstream, for the log: its method and the upstream's URL."""
+        return f"{exchange.method} http://{self.upstream.authority}{exchange.target.decode('latin-1')}"
 
     def target(self, path: bytes, query: bytes) -> bytes:
         base = self.upstream.base_path.encode()
@@ -164,8 +169,17 @@ def failure(error: BaseException, timeout: float) -> UpstreamError:
     return UpstreamError(f"upstream connection failed: {error}")
 
 
+def refused(log: logging.Logger, where: str, error: UpstreamError) -> tuple[int, str]:
+    """Log why the upstream's answer cannot be forwarded (one line, naming the upstream and
+    what the client is told); the status and the text for the client, which are generic: how
+    the upstream failed, and where it is, are the operator's to know, not the client's."""
+    reason = REASONS.get(error.status, "Error")
+    log.error("proxy: %s: %s; answered %d %s", where, error, error.status, reason)
+    return error.status, reason
+
+
 def plain(text: str) -> tuple[Headers, bytes]:
-    """A short text body (a 502's reason) and its headers."""
+    """A short text body (a 502's reason phrase) and its headers."""
     body = (text + "\n").encode()
     return [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"%d" % len(body))], body
 

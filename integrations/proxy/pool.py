@@ -52,7 +52,7 @@ class _Pool:
             self._idle.pop().close()
 
     def _refused(self, error: OSError) -> UpstreamError:
-        return UpstreamError(f"upstream {self.upstream.authority} unreachable: {error}")
+        return UpstreamError(f"upstream unreachable: {error}")  # (the log line names the upstream)
 
 
 class BlockingPool(_Pool):

@@ -16,11 +16,13 @@ import fastbody
 from fastbody.framing import Delimit, Framing
 from fastbody.heads import run
 
-from .exchange import COPY_CHUNK, REASONS, Answer, Exchange, Headers, Settings, failure, plain
+from ..failures import SourceFailed
+from .exchange import COPY_CHUNK, Answer, Exchange, Headers, Settings, failure, plain, refused
 from .pool import BlockingPool
 from .upstream import UpstreamError, chunk_after, read_chunk_header, read_trailers, wants_upgrade
 
-log = logging.getLogger("fastbody.proxy")
+log = logging.getLogger("gunicorn.error")
+"""gunicorn's error log: its level, format and file (``--log-level``, ``--error-logfile``)."""
 
 StartResponse = Callable[..., Any]
 
@@ -38,7 +40,7 @@ class WSGIReverseProxy(Settings):
         headers = _wsgi_headers(environ)
         method = environ["REQUEST_METHOD"]
         if wants_upgrade(headers):
-            return self._error(start_response, 501, "upgrades (WebSocket) are not proxied")
+            return self._error(start_response, 501, "Not Implemented", "upgrades (WebSocket) are not proxied")
         client = environ.get("REMOTE_ADDR")
         query = environ.get("QUERY_STRING", "").encode("latin-1")
         exchange = self.exchange(
@@ -47,8 +49,7 @@ class WSGIReverseProxy(Settings):
         try:
             sock, answer = self._exchange(exchange, environ["wsgi.input"])
         except UpstreamError as error:
-            log.error("proxy: %s %s: %s", method, exchange.target.decode("latin-1"), error)
-            return self._error(start_response, error.status, str(error))
+            return self._error(start_response, *refused(log, self.where(exchange), error))
         response, body, first = answer.response, answer.body, answer.first_chunk
         status = f"{response.status_code} {response.reason.decode('latin-1') or 'Unknown'}"
         start_response(status, [(n.decode("latin-1"), v.decode("latin-1")) for n, v in answer.headers])
@@ -108,8 +109,9 @@ class WSGIReverseProxy(Settings):
             run(read_trailers(sock), timeout)
             clean = True
         except (UpstreamError, OSError) as error:
+            # The server logs it (one line), with the bytes sent: an upstream failure, named.
             failed = failure(error, timeout)
-            raise fastbody.IncompleteTransfer.make(None, f"upstream failed mid-body: {failed}", 0) from None
+            raise SourceFailed.of(f"{self.upstream.authority} failed ({failed})", 0, None) from None
         finally:
             self.pool.release(sock, reusable and clean)
 
@@ -122,9 +124,8 @@ class WSGIReverseProxy(Settings):
             for _, count in pieces:
                 yield from _read_exactly(sock, count)
 
-    def _error(self, start_response: StartResponse, status: int, text: str) -> list[bytes]:
-        headers, body = plain(text)
-        reason = REASONS.get(status, "Error")
+    def _error(self, start_response: StartResponse, status: int, reason: str, text: str = "") -> list[bytes]:
+        headers, body = plain(text or reason)
         start_response(f"{status} {reason}", [(n.decode(), v.decode()) for n, v in headers])
         return [body]
 

@@ -8,11 +8,17 @@ the body to ``fastbody.ResponseWriter`` on the connection's socket with a ``Body
 frames by uvicorn's own state: h11 counts and frames through ``send_with_data_passthrough``;
 with httptools, uvicorn's ``chunked_encoding``/``expected_content_length`` decide and the
 engine's ``ChunkedWriter`` writes the size lines.
+
+Logs follow uvicorn's: when uvicorn's access log is on, each response ends with a line on
+``uvicorn.error`` that repeats uvicorn's access line with the body bytes sent and the path that
+moved them; a body that could not be sent whole is one line (``failures.log_broken``), and the
+error ``send`` raised for it is not logged again, with a traceback, when the app lets it out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -21,13 +27,13 @@ from functools import partial
 from typing import Any, TypeVar
 
 import h11
-from uvicorn.protocols.utils import is_ssl
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string, is_ssl
 
 import fastbody
 from fastbody.framing import BodyWriter, ChunkedWriter, CloseWriter, LengthWriter
 
 from ..asgi import EXTENSIONS, PATHSEND, ZEROCOPYSEND
-from ..failures import log_broken
+from ..failures import blame, log_broken, path_name, paths_label
 
 SEND_TIMEOUT = float(os.environ.get("FASTBODY_SEND_TIMEOUT", "60")) or None
 """Seconds a zero-copy body may make no progress (a client that stopped reading) before the
@@ -37,6 +43,8 @@ TLS_CHUNK = 256 << 10
 """Bytes per body message when the bytes must pass through the transport (TLS)."""
 
 log = logging.getLogger("uvicorn.error")
+
+_GROUP: Any = getattr(builtins, "BaseExceptionGroup", ())  # Python 3.11+
 
 T = TypeVar("T")
 Message = dict[str, Any]
@@ -182,6 +190,10 @@ class ZeroCopySend:
         self.declared: int | None = None  # Content-Length bytes still to send, when declared
         self.started = False  # the app sent its head (which uvicorn drops if the client has gone)
         self.transfer: asyncio.Future[Any] | None = None
+        self.status = 0
+        self.sent = 0  # body bytes sent, by uvicorn or the engine
+        self.paths: list[str] = []  # the paths that moved them (names of fastbody.stats())
+        self.ended = False  # the response's access line is written (or not wanted)
 
     async def __call__(self, message: Any) -> None:
         kind = message["type"]
@@ -191,9 +203,15 @@ class ZeroCopySend:
             await self._send_zero_copy(message)
         else:
             await self.release()
-            if kind == "http.response.body" and self.declared is not None:
-                self.declared -= len(message.get("body", b""))
+            size = len(message.get("body", b"")) if kind == "http.response.body" else 0
+            if self.declared is not None:
+                self.declared -= size
+            if size and not self.cycle.disconnected and self.cycle.scope["method"] != "HEAD":
+                self.sent += size  # (uvicorn drops body messages to a closed connection)
+                self.paths.append("copy")
             await self.cycle.send(message)
+            if self.cycle.response_complete:
+                self._log_access()
 
     async def release(self, length: int | None = None) -> None:
         """Send the held head, if any (with ``Content-Length: length`` when known)."""
@@ -215,6 +233,7 @@ class ZeroCopySend:
             await self.cycle.send(message)  # a second start: uvicorn refuses it as it always does
             return
         self.started = True
+        self.status = message["status"]
         # ASGI headers may be any iterable: read them once, here.
         message = {**message, "headers": list(message.get("headers", []))}
         self.declared = declared_length(message["headers"])
@@ -235,15 +254,20 @@ class ZeroCopySend:
             )
         with self._refused_before_head(), described(message) as (source, more_body):
             if cycle.disconnected:
-                self._gone(message, fastbody.PeerClosedError.make(None, "the client went away", 0))
+                self._gone(
+                    message, self._broken(fastbody.PeerClosedError.make(None, "the client went away", 0))
+                )
                 return
             await self.release(None if more_body else source.length)
-            if cycle.scope["method"] != "HEAD" and source.length != 0:
+            if cycle.scope["method"] != "HEAD":
                 try:
-                    await self._send_body(source)
+                    sent = await self._send_body(source) if source.length != 0 else 0
+                    if not more_body and self.declared:
+                        # The last body message leaves the Content-Length unfilled (a file that
+                        # shrank after its head was made): never a short body passed off.
+                        raise fastbody.IncompleteTransfer.short(sent, sent + self.declared)
                 except fastbody.TransferError as error:
-                    self._broken(error)
-                    self._gone(message, error)
+                    self._gone(message, self._broken(error, source))
                     return
                 except BaseException:
                     # Cancelled (or failed) part-way: uvicorn's framing counted the whole piece,
@@ -252,6 +276,8 @@ class ZeroCopySend:
                     cycle.transport.abort()
                     raise
         await cycle.send({"type": "http.response.body", "body": b"", "more_body": more_body})
+        if cycle.response_complete:
+            self._log_access()
 
     @contextmanager
     def _refused_before_head(self) -> Iterator[None]:
@@ -271,10 +297,11 @@ class ZeroCopySend:
         if message["type"] != PATHSEND or isinstance(error, fastbody.IncompleteTransfer):
             raise error
 
-    async def _send_body(self, source: fastbody.Source) -> None:
+    async def _send_body(self, source: fastbody.Source) -> int:
+        """The body bytes of ``source`` sent on the connection (all of them, or it raises)."""
         if is_ssl(self.cycle.transport):
-            await self._copy_through_transport(source)
-            return
+            self.paths.append("copy")
+            return await self._copy_through_transport(source)
         framing = self._framing()
         if source.length is None and framing.remaining is not None:  # a stream under a Content-Length
             source = fastbody.Source(source.body, framing.remaining)
@@ -283,9 +310,11 @@ class ZeroCopySend:
             raise fastbody.PeerClosedError.make(None, "the client went away", 0)
         sock = self.cycle.transport.get_extra_info("socket")
         writer = fastbody.ResponseWriter(sock, framing, timeout=self.send_timeout)
+        self.paths.append(path_name(source, source.length))
         try:
-            await self._until_lost(writer.asend(source), lambda: writer.sent)
+            return await self._until_lost(writer.asend(source), lambda: writer.sent)
         finally:
+            self.sent += writer.sent
             if self.declared is not None:
                 self.declared -= writer.sent
 
@@ -326,7 +355,7 @@ class ZeroCopySend:
         finally:
             self.transfer = None
 
-    async def _copy_through_transport(self, source: fastbody.Source) -> None:
+    async def _copy_through_transport(self, source: fastbody.Source) -> int:
         """TLS: the transport owns the encryption, so the engine reads the bytes and they go
         through it as body messages."""
         if source.length is None and self.declared is not None:
@@ -338,24 +367,86 @@ class ZeroCopySend:
                 try:
                     chunk = await self._until_lost(_next(chunks), partial(int, sent))
                 except StopAsyncIteration:  # (its errors count what it handed over: what was sent)
-                    return
+                    return sent
                 if self.cycle.disconnected:  # uvicorn drops body messages to a closed connection
                     raise fastbody.PeerClosedError.make(None, "the client went away", sent)
                 await self.cycle.send({"type": "http.response.body", "body": chunk, "more_body": True})
                 sent += len(chunk)
+                self.sent += len(chunk)
                 if self.declared is not None:
                     self.declared -= len(chunk)
         finally:
             await chunks.aclose()
 
-    def _broken(self, error: fastbody.TransferError) -> None:
-        """The body could not be sent whole: close the connection at once and say why."""
+    def _broken(
+        self, error: fastbody.TransferError, source: fastbody.Source | None = None
+    ) -> fastbody.TransferError:
+        """The body could not be sent whole: close the connection at once and say why, in one
+        line, naming the side that failed (``failures.blame``); the error to raise to the app,
+        which uvicorn will not log again if the app lets it out."""
         cycle = self.cycle
+        if source is not None and not cycle.disconnected:  # (gone: the transport saw the client leave)
+            error = blame(error, source, cycle.transport.get_extra_info("socket"))
         cycle.disconnected = True  # later messages of this response are dropped, as uvicorn does
         cycle.transport.abort()
         request = f"{cycle.scope['method']} {cycle.scope['path']}"
         expected = None if self.declared is None else error.sent + self.declared
         log_broken(log, error, expected, request, self.send_timeout)
+        self._log_access()
+        logger = cycle.logger
+        if not isinstance(logger, _ReportedErrors):
+            logger = cycle.logger = _ReportedErrors(logger)
+        logger.reported.append(error)
+        return error
+
+    def _log_access(self) -> None:
+        """The response's line beside uvicorn's access line (which uvicorn writes when the head
+        goes, before any byte of the body): the same fields, then the body bytes sent and the
+        paths that moved them. Written when uvicorn's access log is on (not
+        ``--no-access-log``, and ``uvicorn.access`` enabled for INFO), once per response."""
+        if self.ended:
+            return
+        self.ended = True
+        cycle = self.cycle
+        if not (cycle.access_log and cycle.access_logger.isEnabledFor(logging.INFO)):
+            return
+        scope, paths = cycle.scope, paths_label(self.paths)
+        log.info(
+            'fastbody: %s - "%s %s HTTP/%s" %d %d bytes%s',
+            get_client_addr(scope),
+            scope["method"],
+            get_path_with_query_string(scope),
+            scope["http_version"],
+            self.status,
+            self.sent,
+            "" if paths == "-" else f" by {paths}",
+            extra={"fastbody_bytes": self.sent, "fastbody_path": paths},
+        )
+
+
+class _ReportedErrors:
+    """A cycle's error logger once one of its bodies broke (``cycle.logger``, which uvicorn's
+    ``run_asgi`` uses): the error ``send`` raised for that body was logged in one line already,
+    so when the app lets it out, uvicorn's "Exception in ASGI application" and its traceback
+    are not written. Everything else goes to uvicorn's logger as it was."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self.reported: list[BaseException] = []
+
+    def error(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        if not _only(kwargs.get("exc_info"), self.reported):
+            self.logger.error(msg, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.logger, name)
+
+
+def _only(error: object, reported: list[BaseException]) -> bool:
+    """Whether ``error`` is one of ``reported`` (or a group of nothing else, as task groups raise)."""
+    if isinstance(error, _GROUP):
+        return all(_only(inner, reported) for inner in error.exceptions)
+    return any(error is known for known in reported)
 
 
 async def _next(chunks: AsyncIterator[bytes]) -> bytes:
