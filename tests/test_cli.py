@@ -13,13 +13,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
-from servers import MIB, accepts, free_port, wait_until  # noqa: E402
+from servers import MIB, accepts, free_port, make_certificate, wait_until  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,8 +39,9 @@ class Command:
         return self.log.read_text(errors="replace")
 
 
-def fastbody(*args: str, tmp: Path) -> Command:
-    """Start ``python -m fastbody ARGS --port P`` and wait until it accepts connections."""
+def fastbody(*args: str, tmp: Path, env: dict[str, str] | None = None) -> Command:
+    """Start ``python -m fastbody ARGS --port P`` (with ``env`` added to the environment) and wait
+    until it accepts connections."""
     port = free_port()
     log = tmp / f"fastbody-{port}.log"
     with open(log, "wb") as output:
@@ -48,6 +50,7 @@ def fastbody(*args: str, tmp: Path) -> Command:
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: the test can find every child
+            env={**os.environ, **(env or {})},
         )
     command = Command(process, port, log)
     wait_until(lambda: accepts(port) or process.poll() is not None, 30, f"fastbody {args[0]} up")
@@ -171,13 +174,14 @@ def test_proxy_to_a_real_upstream(tmp_path: Path) -> None:
         upstream.wait(10)
 
 
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "fastbody", *args],
         capture_output=True,
         text=True,
         timeout=60,
         stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -231,3 +235,183 @@ def test_bench_writes_a_table_and_a_chart(tmp_path: Path) -> None:
 
     assert matplotlib.image.imread(out / "results.png").shape[0] > 200  # decodes as an image
     assert time.monotonic() - started < 600
+
+
+# -- the server flags (each also a FASTBODY_* variable) and the command's own -------------------
+
+
+def test_version() -> None:
+    import importlib.metadata
+
+    import fastbody as engine
+
+    done = _run("--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"fastbody {importlib.metadata.version('fastbody')}\n"
+    assert engine.__version__ == importlib.metadata.version("fastbody")
+
+
+def _one_line(done: subprocess.CompletedProcess[str], message: str) -> None:
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_bench_to_a_directory_it_cannot_write() -> None:
+    _one_line(
+        _run("bench", "--tiny", "--out", "/proc/fastbody-bench/out"), "fastbody bench: cannot use /proc/"
+    )
+
+
+def test_bad_server_flags_give_one_line(tmp_path: Path) -> None:
+    (tmp_path / "not-a-cert.pem").write_text("hello\n")
+    cases: list[tuple[tuple[str, ...], dict[str, str], str]] = [
+        (("--log-level", "loud"), {}, "argument --log-level: not a log level"),
+        ((), {"FASTBODY_LOG_LEVEL": "loud"}, "FASTBODY_LOG_LEVEL='loud': not a log level"),
+        ((), {"FASTBODY_ACCESS_LOG": "maybe"}, "FASTBODY_ACCESS_LOG='maybe': not on or off"),
+        (("--send-timeout", "soon"), {}, "argument --send-timeout: not a number of seconds"),
+        (("--send-timeout", "-1"), {}, "seconds must be 0 (none) or more"),
+        (("--keyfile", "key.pem"), {}, "--keyfile needs --certfile"),
+        ((), {"FASTBODY_KEYFILE": "key.pem"}, "--keyfile needs --certfile"),
+        (("--certfile", str(tmp_path / "missing.pem")), {}, "cannot use the certificate"),
+        (("--certfile", str(tmp_path / "not-a-cert.pem")), {}, "cannot use the certificate"),
+        (("--forwarded-allow-ips", " "), {}, "must not be empty"),
+    ]
+    for args, env, message in cases:
+        _one_line(_run("serve", str(tmp_path), *args, env=env), message)
+    _one_line(_run("proxy", "http://127.0.0.1:1", "--log-level", "loud"), "not a log level")
+
+
+def test_a_missing_extra_names_the_precise_one(tmp_path: Path) -> None:
+    for blocked, server, extra in [
+        ("gunicorn", "gunicorn", "gunicorn"),
+        ("uvicorn_worker", "gunicorn", "uvicorn"),
+    ]:
+        code = f"import sys; sys.modules[{blocked!r}] = None; from fastbody.integrations.cli import main;"
+        code += f" main(['serve', {str(tmp_path)!r}, '--server', {server!r}])"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        _one_line(done, f"needs {blocked}: pip install 'fastbody[{extra}]'")
+
+
+@pytest.mark.parametrize(
+    ("server", "form"), [("uvicorn", "flags"), ("gunicorn", "flags"), ("uvicorn", "env")]
+)
+def test_tls(site: tuple[Path, bytes], tmp_path: Path, server: str, form: str) -> None:
+    root, data = site
+    cert, key = make_certificate(tmp_path)
+    if form == "flags":
+        command = fastbody(
+            "serve", str(root), "--server", server, "--certfile", cert, "--keyfile", key, tmp=tmp_path
+        )
+    else:
+        env = {"FASTBODY_CERTFILE": cert, "FASTBODY_KEYFILE": key}
+        command = fastbody("serve", str(root), "--server", server, tmp=tmp_path, env=env)
+    try:
+        url = f"https://127.0.0.1:{command.port}"
+        with httpx.Client(verify=False, timeout=30) as client:  # self-signed
+            wait_until(lambda: _answers(client, f"{url}/sub/small.txt"), 30, "https answers")
+            assert client.get(f"{url}/sub/small.txt").text == "small\n"
+            got = client.get(f"{url}/big.bin")
+            assert (got.status_code, sha(got.content)) == (200, sha(data))
+        with pytest.raises(httpx.TransportError):  # plain HTTP is not spoken there
+            httpx.get(f"http://127.0.0.1:{command.port}/sub/small.txt", timeout=10)
+    finally:
+        output = terminate(command)
+    assert f"at https://127.0.0.1:{command.port}/" in output
+
+
+def _answers(client: Any, url: str) -> bool:
+    try:
+        return bool(client.get(url).status_code == 200)
+    except httpx.TransportError:
+        return False
+
+
+def _fetch_small(command: Command) -> None:
+    with httpx.Client(timeout=30) as client:
+        for _ in range(2):
+            assert client.get(f"{command.url}/sub/small.txt").text == "small\n"
+
+
+ACCESS_LINE = '"GET /sub/small.txt HTTP/1.1" 200'
+
+
+@pytest.mark.parametrize(
+    ("server", "args", "env", "logged"),
+    [
+        ("uvicorn", (), {}, True),
+        ("uvicorn", ("--no-access-log",), {}, False),
+        ("uvicorn", (), {"FASTBODY_ACCESS_LOG": "0"}, False),
+        ("uvicorn", ("--access-log",), {"FASTBODY_ACCESS_LOG": "off"}, True),  # the flag wins
+        ("gunicorn", (), {}, True),
+        ("gunicorn", ("--no-access-log",), {}, False),
+    ],
+)
+def test_access_log(
+    site: tuple[Path, bytes],
+    tmp_path: Path,
+    server: str,
+    args: tuple[str, ...],
+    env: dict[str, str],
+    logged: bool,
+) -> None:
+    root, _ = site
+    command = fastbody("serve", str(root), "--server", server, *args, tmp=tmp_path, env=env)
+    try:
+        _fetch_small(command)
+    finally:
+        output = terminate(command)
+    assert (ACCESS_LINE in output) is logged, output
+
+
+@pytest.mark.parametrize(
+    ("server", "args", "env"),
+    [
+        ("uvicorn", ("--log-level", "warning"), {}),
+        ("uvicorn", (), {"FASTBODY_LOG_LEVEL": "WARNING"}),
+        ("gunicorn", ("--log-level", "warning"), {}),
+    ],
+)
+def test_log_level_warning(
+    site: tuple[Path, bytes], tmp_path: Path, server: str, args: tuple[str, ...], env: dict[str, str]
+) -> None:
+    root, _ = site
+    command = fastbody("serve", str(root), "--server", server, *args, tmp=tmp_path, env=env)
+    try:
+        _fetch_small(command)
+    finally:
+        output = terminate(command)
+    assert "fastbody: serving" in output  # the command's own line, whatever the level
+    assert "INFO" not in output and "[INFO]" not in output, output
+    assert ACCESS_LINE not in output and "bytes moved" not in output, output
+
+
+@pytest.mark.parametrize(
+    ("args", "env"), [(("--send-timeout", "1"), {}), ((), {"FASTBODY_SEND_TIMEOUT": "1"})]
+)
+def test_send_timeout_cuts_off_a_client_that_stops_reading(
+    site: tuple[Path, bytes], tmp_path: Path, args: tuple[str, ...], env: dict[str, str]
+) -> None:
+    root, data = site
+    command = fastbody("serve", str(root), *args, tmp=tmp_path, env=env)
+    try:
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)  # a small window: the body stalls
+        client.settimeout(15)
+        with client:
+            client.connect(("127.0.0.1", command.port))
+            client.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = len(client.recv(65536))
+            time.sleep(4)  # stop reading, well past the 1 s timeout
+            started = time.monotonic()
+            try:
+                while chunk := client.recv(1 << 20):  # what the kernel still holds, then the end
+                    received += len(chunk)
+            except ConnectionResetError:
+                pass
+            assert time.monotonic() - started < 10  # cut off, not waiting for the default 60 s
+        assert 0 < received < len(data)
+    finally:
+        output = terminate(command)
+    assert "Traceback" not in output, output

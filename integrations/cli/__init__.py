@@ -3,10 +3,15 @@
     fastbody serve [DIR] [--no-precompressed] [--max-age S] [--no-index] [--dotfiles] [--host ...] ...
     fastbody proxy UPSTREAM_URL [--host ...] [--port ...] [--workers N] [--server ...]
     fastbody bench [--quick] [--out DIR]
+    fastbody --version
 
-Bad arguments give one line on stderr and a non-zero exit, never a traceback. This module is the
-argparse front; each command lives in its own module (:mod:`.serve`, :mod:`.proxy`, :mod:`.bench`),
-and what serve and proxy share in :mod:`.servers`.
+serve and proxy also take the server flags of :mod:`.servers` (TLS, logs, trusted proxies, send
+timeout), each with a ``FASTBODY_*`` variable as its default: flag > variable > default.
+
+Bad arguments, and a command failing for a reason outside it (a directory it cannot write), give
+one line on stderr and exit status 2, never a traceback. This module is the argparse front; each
+command lives in its own module (:mod:`.serve`, :mod:`.proxy`, :mod:`.bench`), and what serve
+and proxy share in :mod:`.servers`.
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+import fastbody
+
 from .proxy import proxy_app, proxy_command
 from .serve import serve_app, serve_command, serve_options
+from .servers import server_flags
 from .usage import UsageError
 
 __all__ = ["UsageError", "main", "parser", "proxy_app", "serve_app"]
@@ -27,7 +35,9 @@ __all__ = ["UsageError", "main", "parser", "proxy_app", "serve_app"]
 def _bench(args: argparse.Namespace) -> None:
     from .bench import run_bench  # its imports only when benchmarking
 
-    run_bench(quick=args.quick or args.tiny, tiny=args.tiny, out=Path(args.out))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)  # before anything runs: an --out it cannot write is one line
+    run_bench(quick=args.quick or args.tiny, tiny=args.tiny, out=out)
 
 
 # Arguments
@@ -62,10 +72,12 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         default="uvicorn",
         help="uvicorn with fastbody's protocol (default), or gunicorn with fastbody's uvicorn worker",
     )
+    server_flags(parser)
 
 
 def parser() -> argparse.ArgumentParser:
     top = _Parser(prog="fastbody", description="Zero-copy response bodies: serve, proxy, bench.")
+    top.add_argument("--version", action="version", version=f"fastbody {fastbody.__version__}")
     commands = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
     serve = commands.add_parser(
         "serve",
@@ -103,7 +115,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         args.run(args)
     except UsageError as error:
-        print(f"fastbody {args.command}: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(args.command, str(error))
+    except OSError as error:  # the machine refused something the command needs (--out in /proc)
+        where = f" {error.filename}" if error.filename is not None else ""
+        _fail(args.command, f"cannot use{where}: {error.strerror or error}")
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+
+
+def _fail(command: str, message: str) -> NoReturn:
+    print(f"fastbody {command}: {message}", file=sys.stderr)
+    raise SystemExit(2) from None

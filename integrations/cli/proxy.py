@@ -7,7 +7,7 @@ import os
 import socket
 from typing import Any
 
-from .servers import announce, check_port, needs_servers, reporting, run_server
+from .servers import announce, check_port, needs_servers, reporting, resolve_flags, run_server
 from .usage import UsageError
 
 PROXY_UPSTREAM = "FASTBODY_PROXY_UPSTREAM"
@@ -25,6 +25,7 @@ def proxy_app() -> Any:
 
 def proxy_command(args: argparse.Namespace) -> None:
     needs_servers(args.server)
+    resolve_flags(args)
     from ..proxy.upstream import Upstream
 
     try:

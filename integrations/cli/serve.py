@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .servers import announce, check_port, needs_servers, reporting, run_server
+from .servers import announce, check_port, needs_servers, reporting, resolve_flags, run_server
 from .usage import UsageError
 
 SERVE_DIR = "FASTBODY_SERVE_DIR"
@@ -62,6 +62,7 @@ def serve_options(parser: argparse.ArgumentParser) -> None:
 
 def serve_command(args: argparse.Namespace) -> None:
     needs_servers(args.server)
+    resolve_flags(args)
     directory = Path(args.directory).resolve()
     if not directory.is_dir():
         raise UsageError(f"no such directory: {args.directory}")
