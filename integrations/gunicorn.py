@@ -3,7 +3,8 @@
     gunicorn -k egg:fastbody#sync app:app
     gunicorn -k egg:fastbody#gthread --threads 8 app:app
 
-(or ``-k fastbody.integrations.gunicorn.FastSync`` / ``FastThread``). Supports gunicorn >= 26.2.
+(or ``-k fastbody.integrations.gunicorn.FastSync`` / ``FastThread``, or ``...gunicorn:FastSync``:
+``fastbody.integrations`` resolves the colon form gunicorn itself cannot). Supports gunicorn >= 26.2.
 
 An app returns ``environ["wsgi.file_wrapper"](source)`` as usual; ``source`` may be a regular
 file, a socket, a pipe (``subprocess.Popen(...).stdout``) or a file-like object, and

@@ -26,7 +26,16 @@ import fastbody
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PIP_NO_INPUT": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
 # What a source tree holds that is not source: never copied into a build, never in a dist.
-NOT_SOURCE = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.pyc", ".*_cache")
+NOT_SOURCE: tuple[str, ...] = (
+    ".git",
+    ".venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    "*.pyc",
+    ".*_cache",
+)
 NOT_SOURCE += ("bench-results", "upstream")  # tests/uvicorn_suite/upstream: a clone made by .ci
 
 

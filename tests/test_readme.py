@@ -38,7 +38,16 @@ from servers import accepts, free_port, launch, stop, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
-NOT_SOURCE = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.pyc", ".*_cache")
+NOT_SOURCE: tuple[str, ...] = (
+    ".git",
+    ".venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    "*.pyc",
+    ".*_cache",
+)
 NOT_SOURCE += ("bench-results", "upstream")
 
 
@@ -133,11 +142,11 @@ def _serve_and_fetch(tree: Path, words: list[str], curls: list[str], tmp: Path) 
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
-    output = log.read_text()
-    assert process.returncode == 0, output
-    moved = re.search(r"bytes moved by this process: sendfile (\d+), splice (\d+), copy (\d+)", output)
-    assert moved, output
-    assert {"sendfile": int(moved[1]), "copy": int(moved[3])} == expected, output
+    shown = log.read_text()
+    assert process.returncode == 0, shown
+    moved = re.search(r"bytes moved by this process: sendfile (\d+), splice (\d+), copy (\d+)", shown)
+    assert moved, shown
+    assert {"sendfile": int(moved[1]), "copy": int(moved[3])} == expected, shown
 
 
 # Every fastbody / gunicorn / uvicorn command line shown elsewhere
