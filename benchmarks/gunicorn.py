@@ -6,7 +6,7 @@ Four servers side by side on 127.0.0.1, each ``python -m gunicorn --no-control-s
 serving benchmarks/apps/gunicorn_bench_app.py: stock ``-k sync`` and ``-k gthread --threads 8``,
 fastbody ``-k egg:fastbody#sync`` and ``-k egg:fastbody#gthread --threads 8``. This process is
 the client (``recv_into``, 1 MiB buffer, byte count checked); the CPU is the worker process's
-user+sys (``/proc/WORKER/stat``, all threads) before and after each request. Scenarios:
+run time (its CPU clock, ns, all threads: ``harness.worker_cpu``) before and after each request. Scenarios:
 1. a 1 GiB file (page cache) by ``wsgi.file_wrapper(open(path, "rb"))``;
 2. 1 GiB that a feeder process writes into a socket in 64 KiB chunks: stock iterates 64 KiB
    ``recv`` chunks, fastbody returns ``file_wrapper(sock, length=N)``; 2b. the same for a pipe
@@ -35,7 +35,7 @@ if __package__:  # imported as benchmarks.gunicorn (a `fastbody bench` command, 
     from . import harness
 else:  # run as a script: benchmarks/ is sys.path[0]
     import harness
-GIB, MIB, SMALL, TICK, TIMEOUT = harness.GIB, harness.MIB, harness.SMALL, harness.TICK, harness.TIMEOUT
+GIB, MIB, SMALL, TIMEOUT = harness.GIB, harness.MIB, harness.SMALL, harness.TIMEOUT
 
 APPS = Path(__file__).resolve().parent / "apps"
 
@@ -128,9 +128,9 @@ def big_bodies(servers: list[Server], big: str, size: int, repeat: int, checks: 
                 run = harness.measure(server, target, size, case.feed)
                 results[case.key].setdefault(server.kind.name, []).append(run)
                 note = f"[{index + 1}/{repeat}] {case.key} {server.kind.name}: {run[0]:.3f} s/GiB"
-                print(f"{note}, {run[1]:.0f} MB/s", file=sys.stderr, flush=True)
+                harness.step(f"{note}, {run[1]:.0f} MB/s")
     print(f"\nOne request per run (Connection: close), medians of {repeat} runs. CPU: the gunicorn worker")
-    print(f"process's own user+sys (/proc, 1/{TICK} s ticks) per GiB; {os.cpu_count()} CPUs, 127.0.0.1.")
+    print(f"process's own run time ({harness.CPU_CLOCK}) per GiB; {os.cpu_count()} CPUs, 127.0.0.1.")
     for case in CASES:
         runs = results[case.key]
         cpu = {name: statistics.median(run[0] for run in name_runs) for name, name_runs in runs.items()}
@@ -164,6 +164,7 @@ def small_bodies(servers: list[Server], small: dict[int, str], seconds: int, che
         for server in servers:
             rate, cpu, errors = harness.run_wrk(server, f"/file?path={path}", seconds)
             rates[server.kind.name] = rate
+            harness.step(f"[1/1] wrk {label} {server.kind.name}: {rate:.0f} req/s, {cpu:.0f} µs/request")
             versus, base = "baseline", server.kind.baseline
             if base:
                 ratio = harness.ratio(rate, rates[base])
@@ -195,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
         servers = [Server(kind, Path(workdir)) for kind in KINDS]
         for server in servers:
             server.wait_ready()
+        wrk_steps = len(SMALL) * len(servers) if shutil.which("wrk") is not None else 0
+        harness.steps(args.repeat * len(CASES) * len(servers) + wrk_steps)
         big_bodies(servers, big, size, args.repeat, checks)
         if shutil.which("wrk") is not None:
             small_bodies(servers, small, wrk_seconds, checks)

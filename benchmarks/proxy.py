@@ -21,7 +21,7 @@ process (one thread where the server has the setting), so that CPU figures compa
    ``httputil.ReverseProxy`` (benchmarks/apps/goproxy/main.go, built into a temporary directory,
    ``GOMAXPROCS=1``). Every proxy keeps up to 32 idle upstream connections.
 
-The CPU is the proxy's own: user+sys from ``/proc/PID/stat`` of every process of it (gunicorn's
+The CPU is the proxy's own: the run time (CPU clock, ns) of every process of it (gunicorn's
 master and worker, nginx's master and worker), all threads, around each request or wrk run.
 Scenarios:
 
@@ -34,8 +34,8 @@ B. ``wrk -t1 -c8 -d10s`` (keep-alive) on the 1 MiB file through each proxy: requ
 
 Before and after the runs, every proxy is asked for the 1 MiB and a tiny file on one kept-alive
 connection and each body compared byte for byte. A wrong byte count anywhere stops the benchmark
-with an error. ``--quick``: 64 MiB instead of 1 GiB, 3-second wrk runs (CPU figures are then a
-few clock ticks: rough). Every wait is bounded; every process started here is stopped by its
+with an error. ``--quick``: 64 MiB instead of 1 GiB, 3-second wrk runs (CPU figures then rest on
+single short runs: rough). Every wait is bounded; every process started here is stopped by its
 pid; the temporary directory is removed.
 """
 
@@ -62,7 +62,7 @@ if __package__:  # imported as benchmarks.proxy (a `fastbody bench` command, say
 else:  # run as a script: benchmarks/ is sys.path[0] (so never `import uvicorn` in this process)
     import harness
 
-GIB, MIB, KIB, TICK, TIMEOUT = harness.GIB, harness.MIB, harness.KIB, harness.TICK, harness.TIMEOUT
+GIB, MIB, KIB, TIMEOUT = harness.GIB, harness.MIB, harness.KIB, harness.TIMEOUT
 ROOT = Path(__file__).resolve().parent.parent
 APPS = ROOT / "benchmarks" / "apps"
 INSTALL = "apt-get update && apt-get install -y nginx haproxy golang-go"
@@ -157,11 +157,7 @@ class Program:
         assert self.process is not None
         if self.process.poll() is not None:
             raise RuntimeError(f"{self.name} exited ({self.process.returncode}):\n{self.log_tail()}")
-        total = 0.0
-        for pid in process_tree(self.process.pid):
-            with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # exited meanwhile
-                total += harness.worker_cpu(pid)
-        return total
+        return harness.tree_cpu(process_tree(self.process.pid))  # one that exited meanwhile: 0
 
     def stop(self) -> None:
         """Terminate the root by its pid; then kill, by pid, any of its descendants that outlive it."""
@@ -379,13 +375,13 @@ def big_bodies(
             paths[program.name].add(before, fastbody_stats(program))
             runs[program.name].append(run)
             note = f"[{index + 1}/{repeat}] {size // MIB} MiB {program.name}: {run[0]:.3f} s/GiB"
-            print(f"{note}, {run[1]:.0f} MB/s", file=sys.stderr, flush=True)
+            harness.step(f"{note}, {run[1]:.0f} MB/s")
     cpu = {name: statistics.median(run[0] for run in cell) for name, cell in runs.items()}
     rate = {name: statistics.median(run[1] for run in cell) for name, cell in runs.items()}
     measured.update({f"cpu {name}": value for name, value in cpu.items()})
     print(f"\n### A. one {size // MIB} MiB GET per run, through each proxy\n")
     print(f"Connection: close, client `recv_into` in the benchmark process; medians of {repeat} interleaved")
-    print(f"runs. CPU: the proxy's own processes, user+sys (/proc, 1/{TICK} s ticks) per GiB;")
+    print(f"runs. CPU: the proxy's own processes' run time ({harness.CPU_CLOCK}) per GiB;")
     print(f"{os.cpu_count()} CPUs shared by client, proxy and upstream, 127.0.0.1.\n")
     harness.table(
         "proxy", "body path", "throughput MB/s", "proxy CPU s/GiB (min-max)", "CPU ÷ fastbody uvicorn"
@@ -433,7 +429,7 @@ def small_bodies(
             paths[program.name].add(before, fastbody_stats(program))
             runs[program.name].append(run)
             note = f"[{index + 1}/{repeat}] wrk 1 MiB {program.name}: {run.rate:.0f} req/s"
-            print(f"{note}, {run.cpu_us:.0f} µs/request, errors: {run.errors}", file=sys.stderr, flush=True)
+            harness.step(f"{note}, {run.cpu_us:.0f} µs/request, errors: {run.errors}")
     rate = {name: statistics.median(run.rate for run in cell) for name, cell in runs.items()}
     measured.update({f"rate {name}": value for name, value in rate.items()})
     print(f"\n### B. wrk -t1 -c8 -d{seconds}s on the 1 MiB body (keep-alive), medians of {repeat} runs\n")
@@ -467,13 +463,13 @@ def expectations(measured: dict[str, float], checks: list[str], big: int) -> Non
         if splice is None:
             checks.append(f"- {label}: not measured (HAProxy skipped)")
         elif not mine or not splice:
-            checks.append(f"- {label}: not measured (a proxy used under one 1/{TICK} s tick; bigger bodies)")
+            checks.append(f"- {label}: not measured (a proxy used no measurable CPU)")
         else:
             value = harness.ratio(mine, splice)
             checks.append(harness.verdict(label, value, value <= 1.0, "≤ 1.00"))
         label = f"{mib} MiB: {name} CPU/GiB ÷ Starlette + httpx CPU/GiB"
         if not mine or not httpx:
-            checks.append(f"- {label}: not measured (a proxy used under one 1/{TICK} s tick; bigger bodies)")
+            checks.append(f"- {label}: not measured (a proxy used no measurable CPU)")
         else:
             value = harness.ratio(mine, httpx)
             checks.append(harness.verdict(label, value, value <= 0.2, "≤ 0.20, 5x lower"))
@@ -532,6 +528,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Upstream: {upstream.path.split(' (')[0]}; files from the page cache; all on 127.0.0.1.")
         print("Proxies: one process each (gunicorn: master + 1 worker; nginx: master + 1 worker), CPU summed")
         print("over all of a proxy's processes; every proxy keeps up to 32 idle upstream connections.")
+        harness.steps(args.repeat * len(programs) * (2 if shutil.which("wrk") else 1))
         big_bodies(programs, size, args.repeat, checks, measured)
         if shutil.which("wrk"):
             small_bodies(programs, wrk_seconds, args.repeat, checks, measured)

@@ -1,15 +1,17 @@
 """``fastbody bench``: run the side-by-side benchmarks of ``benchmarks/`` on this machine, each
-under a progress bar and a time limit, and write ``results.md`` (:mod:`.report`) and
+under a progress display and a time limit, and write ``results.md`` (:mod:`.report`) and
 ``results.png`` (:mod:`.chart`).
 
 Each benchmark is its own script (``benchmarks/gunicorn.py`` ...) run in a child process; its
-Markdown tables are kept as printed.
+Markdown tables are kept as printed. On stderr it says how many steps it will take
+(``steps: N``) and prints one line per finished step: on a terminal these drive a tqdm bar, in a
+log (any stream that is not a terminal) each becomes one plain line.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import time
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TextIO
 
 import fastbody
 
@@ -60,7 +63,7 @@ def run_bench(*, quick: bool, out: Path, tiny: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
     sections: list[str] = []
     for index, bench in enumerate(suite):
-        output = _run_one(bench, quick, tiny, index, len(suite))
+        output = _run_one(bench, quick, tiny, Progress(f"{index + 1}/{len(suite)} {bench.title}"))
         sections.append(section(bench.title, bench.script, output))
     report = document(sections)
     (out / "results.md").write_text(report)
@@ -69,8 +72,8 @@ def run_bench(*, quick: bool, out: Path, tiny: bool = False) -> None:
     print(f"fastbody bench: wrote {out / 'results.md'} and {out / 'results.png'}", file=sys.stderr)
 
 
-def _run_one(bench: Benchmark, quick: bool, tiny: bool, index: int, total: int) -> str:
-    """Run one benchmark, drawing a progress bar from the lines it prints on stderr. It runs in
+def _run_one(bench: Benchmark, quick: bool, tiny: bool, progress: Progress) -> str:
+    """Run one benchmark, showing its progress from the lines it prints on stderr. It runs in
     its own process group, so that past its time limit it and every server it started are
     stopped together."""
     arguments = ("--tiny", "--repeat", "1") if tiny else bench.quick if quick else bench.full
@@ -90,17 +93,18 @@ def _run_one(bench: Benchmark, quick: bool, tiny: bool, index: int, total: int) 
         watchdog.start()
         try:
             for line in child.stderr:
-                _progress(bench, index, total, time.monotonic() - started, line.strip())
+                progress.line(line.rstrip("\n"))
             output = child.stdout.read()
             child.wait()
         finally:
             watchdog.cancel()
             if child.poll() is None:
                 _stop_group(child)
-    print(file=sys.stderr)
     if child.returncode != 0:
         why = f"stopped after {limit} s" if time.monotonic() - started >= limit else "failed"
+        progress.close(f"{why}, exit status {child.returncode}")
         return f"(benchmark {why}, exit status {child.returncode}; partial output below)\n\n{output}"
+    progress.close("done")
     return output
 
 
@@ -116,10 +120,49 @@ def _stop_group(child: subprocess.Popen[str]) -> None:
             continue
 
 
-def _progress(bench: Benchmark, index: int, total: int, elapsed: float, line: str) -> None:
-    width = 24
-    done = int(width * index / total)
-    bar = "#" * done + ">" + "." * (width - done - 1)
-    text = f"\r[{bar}] {index + 1}/{total} {bench.title} {elapsed:4.0f}s  {line[:60]:<60}"
-    columns = shutil.get_terminal_size((100, 20)).columns
-    print(text[:columns], end="", file=sys.stderr, flush=True)
+STEPS = re.compile(r"steps: (\d+)")  # a benchmark's announcement of how many steps it takes
+STEP = re.compile(r"\[\d+/\d+\] ")  # a finished step: "[round/rounds] what: figures"
+
+
+class Progress:
+    """One benchmark's progress, from the lines it prints on stderr. On a terminal: a tqdm bar
+    (steps done of the steps announced, elapsed time and estimate, the last step beside it), other
+    lines (warnings, a traceback) printed above it. Anywhere else: one plain line per finished
+    step or other line, each whole, with no carriage return."""
+
+    def __init__(self, title: str, stream: TextIO | None = None) -> None:
+        self.title, self.stream = title, stream if stream is not None else sys.stderr
+        self.started, self.done = time.monotonic(), 0
+        self.total: int | None = None
+        self.bar: Any = None
+        if self.stream.isatty():
+            from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type information
+
+            self.bar = tqdm(desc=title, total=None, unit="step", file=self.stream, dynamic_ncols=True)
+
+    def line(self, text: str) -> None:
+        if found := STEPS.fullmatch(text.strip()):
+            self.total = int(found[1])
+            if self.bar is not None:
+                self.bar.reset(total=self.total)
+            return
+        step = STEP.match(text) is not None
+        self.done += step
+        if self.bar is None:
+            counted = f"{self.done}/{self.total or '?'}, " if step else ""
+            print(f"[{self.title}: {counted}{self._elapsed()}] {text}", file=self.stream, flush=True)
+        elif step:
+            self.bar.set_postfix_str(text, refresh=False)
+            self.bar.update(1)
+        else:
+            self.bar.write(text, file=self.stream)
+
+    def close(self, outcome: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(outcome, refresh=False)
+            self.bar.close()
+        else:
+            print(f"[{self.title}: {self._elapsed()}] {outcome}", file=self.stream, flush=True)
+
+    def _elapsed(self) -> str:
+        return f"{time.monotonic() - self.started:.0f} s"

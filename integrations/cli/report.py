@@ -29,14 +29,19 @@ def _machine() -> str:
 
 @dataclass(frozen=True)
 class Row:
+    """One server's figures in one scenario, as its table printed them (None: not in that table)."""
+
     scenario: str
     server: str
-    mb_s: float
-    cpu_s_per_gib: float
+    mb_s: float | None = None
+    cpu_s_per_gib: float | None = None
+    req_s: float | None = None
 
 
 def parse_rows(markdown: str) -> list[Row]:
-    """Rows of every table that has a server column, an MB/s column and a CPU s/GiB column."""
+    """Rows of every table that has a server (or proxy) column and either an MB/s and a CPU s/GiB
+    column or a requests/s column. A table with a body column (the wrk ones) is one scenario per
+    body size."""
     rows: list[Row] = []
     benchmark = scenario = ""
     header: list[str] | None = None
@@ -62,12 +67,20 @@ def _row(scenario: str, header: list[str], cells: list[str]) -> Row | None:
     def column(*words: str) -> int | None:
         return next((i for i, name in enumerate(header) if all(word in name for word in words)), None)
 
+    def number(index: int | None) -> float | None:
+        found = re.match(r"[\d.]+", cells[index]) if index is not None else None
+        return float(found[0]) if found else None
+
     server = column("server")
     server = column("proxy") if server is None else server
-    rate, cpu = column("mb/s"), column("s/gib")
-    if server is None or rate is None or cpu is None or len(cells) != len(header):
+    if server is None or len(cells) != len(header):
         return None
-    numbers = [re.match(r"[\d.]+", cells[index]) for index in (rate, cpu)]
-    if not all(numbers):
-        return None
-    return Row(scenario, cells[server], float(numbers[0][0]), float(numbers[1][0]))  # type: ignore[index]
+    mb_s, cpu, req_s = number(column("mb/s")), number(column("s/gib")), number(column("requests/s"))
+    body = header.index("body") if "body" in header else None  # not "body path"
+    if body is not None:  # a wrk table: one scenario per body size
+        scenario = f"{scenario}, {cells[body]}"
+    if req_s is not None:
+        return Row(scenario, cells[server], req_s=req_s)
+    if mb_s is not None and cpu is not None:
+        return Row(scenario, cells[server], mb_s=mb_s, cpu_s_per_gib=cpu)
+    return None
