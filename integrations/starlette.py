@@ -132,7 +132,6 @@ class ZeroCopyResponse(StreamingResponse):
         stat_result: os.stat_result | None = None,
         method: str | None = None,
         content_disposition_type: str = "attachment",
-        precompressed: bool = False,
     ) -> None:
         if count is not None and count < 0:
             raise ValueError(f"count must be >= 0, not {count}")
@@ -143,14 +142,7 @@ class ZeroCopyResponse(StreamingResponse):
             if count is not None:
                 raise ValueError("count applies to file objects, sockets and pipes; use a Range request")
             self._init_path(
-                content,
-                status_code,
-                headers,
-                media_type,
-                filename,
-                stat_result,
-                content_disposition_type,
-                precompressed,
+                content, status_code, headers, media_type, filename, stat_result, content_disposition_type
             )
         elif _fileno(content) is not None:
             if stat_result is not None:
@@ -180,7 +172,6 @@ class ZeroCopyResponse(StreamingResponse):
         filename: str | None,
         stat_result: os.stat_result | None,
         content_disposition_type: str,
-        precompressed: bool,
     ) -> None:
         # A FileResponse builds the headers (media type, Accept-Ranges, Content-Disposition, stat
         # headers) and keeps doing so at request time: both responses share one header list.
@@ -196,7 +187,7 @@ class ZeroCopyResponse(StreamingResponse):
         self.status_code = status_code
         self.media_type = model.media_type
         self.raw_headers = model.raw_headers
-        self._body = _PathBody(path, stat_result, model, precompressed)
+        self._body = _PathBody(path, stat_result, model)
         self.body_iterator = _path_chunks(path)
 
     def _init_descriptor(
@@ -299,15 +290,7 @@ class StaticFiles(staticfiles.StaticFiles):
     async def get_response(self, path: str, scope: Scope) -> Response:
         if not self.dotfiles and _hidden(path):
             raise HTTPException(status_code=404)
-        if scope["path"].endswith("/") and path != "." and await self._is_file(path):
-            # A file is no directory: /app.css/ is a 404, as whitenoise and nginx answer it
-            # (Starlette's get_path drops the slash and would serve the file under a second URL).
-            raise HTTPException(status_code=404)
         return await super().get_response(path, scope)
-
-    async def _is_file(self, path: str) -> bool:
-        _, stat_result = await anyio.to_thread.run_sync(self.lookup_path, path)
-        return stat_result is not None and stat.S_ISREG(stat_result.st_mode)
 
     def file_response(
         self,
@@ -317,15 +300,65 @@ class StaticFiles(staticfiles.StaticFiles):
         status_code: int = 200,
     ) -> Response:
         name = os.fspath(full_path)
-        cache_control = representation.cache_control(name, self.max_age)
+        if scope["path"].endswith("/") and not self._is_index(name, scope):
+            # A file is no directory: /app.css/ is a 404, as whitenoise and nginx answer it
+            # (Starlette's get_path drops the slash and would serve it under a second URL).
+            raise HTTPException(status_code=404)
+        relative = self._relative(name)
+        if not self.dotfiles and relative is not None and _hidden(relative):
+            raise HTTPException(status_code=404)  # a dot-name reached through a symlink
+        headers: dict[str, str] = {}
+        if (cache_control := representation.cache_control(name, self.max_age)) is not None:
+            headers["cache-control"] = cache_control
+        sent, sent_stat = full_path, stat_result
+        siblings = self._siblings(relative) if self.precompressed and relative and status_code == 200 else {}
+        if siblings:
+            headers["vary"] = "Accept-Encoding"
+            accepted = representation.accepted_encodings(
+                Headers(scope=scope).get("accept-encoding"), list(siblings)
+            )
+            if accepted:
+                headers["content-encoding"] = accepted[0]
+                sent, sent_stat = siblings[accepted[0]]
         return ZeroCopyResponse(
-            full_path,
+            sent,
             status_code=status_code,
-            headers={"cache-control": cache_control} if cache_control is not None else None,
-            media_type=representation.media_type(name),
-            stat_result=stat_result,
-            precompressed=self.precompressed and status_code == 200,
+            headers=headers,
+            media_type=representation.media_type(name),  # the original's, whatever is sent
+            stat_result=sent_stat,
         )
+
+    def _is_index(self, name: str, scope: Scope) -> bool:
+        """Whether ``name`` answers a directory's URL (``html=True``'s index.html)."""
+        return (
+            self.html
+            and os.path.basename(name) == "index.html"
+            and not self.get_path(scope).endswith("index.html")
+        )
+
+    def _siblings(self, relative: str) -> dict[str, tuple[str, os.stat_result]]:
+        """The precompressed siblings of ``relative`` that exist, by coding: each looked up as a
+        request for its own name would be (the same directories, the same symlink rule). On
+        the loop: StaticFiles has just looked up the original in a thread, so these stats come
+        from the dentry cache (nginx stats on its loop too)."""
+        found: dict[str, tuple[str, os.stat_result]] = {}
+        for coding, name in representation.sibling_names(relative):
+            try:
+                path, stat_result = self.lookup_path(name)
+            except (OSError, ValueError):  # a name too long, a NUL: no sibling
+                continue
+            if stat_result is not None and stat.S_ISREG(stat_result.st_mode):
+                found[coding] = (path, stat_result)
+        return found
+
+    def _relative(self, full_path: str) -> str | None:
+        """``full_path`` as a path under one of the served directories (as ``get_path`` gives
+        them), or None for a file served from elsewhere (a ``packages`` directory it left)."""
+        for directory in self.all_directories:
+            root = os.path.abspath(directory) if self.follow_symlink else os.path.realpath(directory)
+            if os.path.commonpath([full_path, root]) == root:
+                return os.path.relpath(full_path, root)
+        return None
 
 
 def _hidden(path: str) -> bool:
@@ -339,85 +372,44 @@ def _hidden(path: str) -> bool:
 
 class _PathBody:
     """A file named by a path: FileResponse's headers; ranges and conditionals as
-    ``fastbody.integrations.files.answer`` decides them; a precompressed sibling when asked."""
+    ``fastbody.integrations.files.answer`` decides them."""
 
     def __init__(
-        self,
-        path: str | os.PathLike[str],
-        stat_result: os.stat_result | None,
-        model: FileResponse,
-        precompressed: bool,
+        self, path: str | os.PathLike[str], stat_result: os.stat_result | None, model: FileResponse
     ) -> None:
         self.path = path
         self.stat_result = stat_result
         self.model = model
-        self.siblings = representation.sibling_names(os.fspath(path)) if precompressed else []
 
     async def prepare(
         self, scope: Scope, status: int, headers: list[tuple[bytes, bytes]], head_only: bool
     ) -> _Reply:
-        request = Headers(scope=scope)
-        found = await self._found(request.get("accept-encoding"))
-        path, stat_result, coding, varies = found
-        if coding is None:
-            self.model.set_stat_headers(stat_result)  # setdefault: headers given by the app win
+        stat_result = self.stat_result
+        if stat_result is None:
+            stat_result = await anyio.to_thread.run_sync(_stat_regular_file, self.path)
+        self.model.set_stat_headers(stat_result)  # setdefault: headers given by the app win
         fields = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
-        if coding is not None:  # the sibling's own length and validators, the original's type
-            fields = [(name, value) for name, value in fields if name not in _PER_FILE]
-            etag, last_modified = representation.validators(stat_result.st_size, stat_result.st_mtime)
-            fields += [("content-encoding", coding), ("etag", etag), ("last-modified", last_modified)]
-        if varies:
-            fields.append(("vary", "Accept-Encoding"))
         method = "HEAD" if head_only else (scope["method"] if scope["type"] == "http" else "GET")
-        found_answer = files.answer(method, dict(request.items()), fields, stat_result.st_size, status=status)
-        head = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in found_answer.headers]
-        parts = found_answer.parts
-        whole = found_answer.status == status and parts == [FileRange(0, stat_result.st_size)]
-        return _Reply(found_answer.status, head, self._sender(path, parts, _extensions(scope), whole=whole))
+        request = dict(Headers(scope=scope).items())
+        found = files.answer(method, request, fields, stat_result.st_size, status=status)
+        head = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in found.headers]
+        whole = found.status == status and found.parts == [FileRange(0, stat_result.st_size)]
+        return _Reply(found.status, head, self._sender(found.parts, _extensions(scope), whole=whole))
 
-    async def _found(
-        self, accept_encoding: str | None
-    ) -> tuple[str | os.PathLike[str], os.stat_result, str | None, bool]:
-        """The file to send, its stat, its content coding (None: the original itself), and
-        whether a sibling exists (then the answer varies by Accept-Encoding)."""
-        if self.stat_result is None:  # nothing stat'ed yet: all of it off the loop
-            return await anyio.to_thread.run_sync(self._choose, accept_encoding)
-        # StaticFiles has just looked the file up (in a thread): its siblings' stats come from
-        # the dentry cache, cheaper on the loop than a second trip to a thread (nginx stats on
-        # its loop too).
-        return self._choose(accept_encoding)
-
-    def _choose(self, accept_encoding: str | None) -> tuple[str, os.stat_result, str | None, bool]:
-        """The siblings that exist, and the best of them the client accepts."""
-        if not self.siblings:
-            return os.fspath(self.path), self.stat_result or _stat_regular_file(self.path), None, False
-        existing = {coding: (name, found) for coding, name in self.siblings if (found := _regular(name))}
-        for coding in representation.accepted_encodings(accept_encoding, list(existing)):
-            name, found = existing[coding]
-            return name, found, coding, True
-        stat_result = self.stat_result or _stat_regular_file(self.path)
-        return os.fspath(self.path), stat_result, None, bool(existing)
-
-    def _sender(
-        self, path: str | os.PathLike[str], parts: list[Part], extensions: Mapping[str, Any], *, whole: bool
-    ) -> BodySender:
+    def _sender(self, parts: list[Part], extensions: Mapping[str, Any], *, whole: bool) -> BodySender:
         if not parts:
             return _send_end
         if ZEROCOPYSEND in extensions:
-            return partial(_send_path_parts, path, parts, zero_copy=True)
+            return partial(_send_path_parts, self.path, parts, zero_copy=True)
         if whole and PATHSEND in extensions:
-            return partial(_send_pathsend, path)
-        return partial(_send_path_parts, path, parts, zero_copy=False)
+            return partial(_send_pathsend, self.path)
+        return partial(_send_path_parts, self.path, parts, zero_copy=False)
 
     def chunks(self) -> AsyncGenerator[bytes, None]:
         return _path_chunks(self.path)
 
     def close(self) -> None:
         """Nothing to close: each send opens and closes its own file."""
-
-
-_PER_FILE = frozenset({"content-length", "etag", "last-modified"})
-"""Headers that belong to one file: a sibling sent instead of the original has its own."""
 
 
 class _FileBody:
@@ -582,15 +574,6 @@ def _stat_regular_file(path: str | os.PathLike[str]) -> os.stat_result:
     if not stat.S_ISREG(stat_result.st_mode):
         raise RuntimeError(f"File at path {path} is not a file.")
     return stat_result
-
-
-def _regular(path: str) -> os.stat_result | None:
-    """The stat of ``path`` when it is a regular file (a precompressed sibling), else None."""
-    try:
-        found = os.stat(path)
-    except OSError:
-        return None
-    return found if stat.S_ISREG(found.st_mode) else None
 
 
 def _close(source: object) -> None:

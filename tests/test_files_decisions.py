@@ -24,7 +24,13 @@ from starlette.responses import FileResponse
 from starlette.testclient import TestClient
 
 from fastbody.integrations.files import conditions, ranges, representation
-from fastbody.integrations.files.answer import NOT_MODIFIED_HEADERS, FileAnswer, FileRange, answer
+from fastbody.integrations.files.answer import (
+    BODY_HEADERS,
+    METADATA_HEADERS,
+    FileAnswer,
+    FileRange,
+    answer,
+)
 from fastbody.integrations.files.handoff import (
     ACCEL_REDIRECT,
     X_ACCEL_REDIRECT,
@@ -32,6 +38,8 @@ from fastbody.integrations.files.handoff import (
     XSENDFILE_ROOTS,
     Handoff,
     Refused,
+    hand_off,
+    open_target,
 )
 
 byte_ranges = ranges.byte_ranges
@@ -116,12 +124,17 @@ def test_byte_ranges_ignored(header: str) -> None:
         ("bytes=-0,10-", 10),
         ("bytes=0-", 0),  # nothing is satisfiable in an empty representation
         ("bytes=0-0", 0),
-        ("bytes=-1", 0),
-        ("bytes=-5,0-,3-4", 0),
+        ("bytes=-0", 0),
     ],
 )
 def test_byte_ranges_unsatisfiable(header: str, size: int) -> None:
     assert byte_ranges(header, size) == []
+
+
+@pytest.mark.parametrize("header", ["bytes=-1", "bytes=-5,0-,3-4"])
+def test_a_suffix_of_an_empty_representation_sends_it_whole(header: str) -> None:
+    # 14.1.1: a non-zero suffix-length is satisfiable, but there is nothing to cut: 200, as nginx.
+    assert byte_ranges(header, 0) is None
 
 
 @pytest.mark.parametrize(
@@ -215,16 +228,18 @@ Spec = tuple[int | None, int | None]  # (first-pos, last-pos) ; (None, n) is the
 
 def model_bytes(specs: list[Spec], size: int) -> set[int] | None:
     chosen: set[int] = set()
+    suffix_of_nothing = False
     for first, last in specs:
         if first is None:
             assert last is not None
             if last > 0:
+                suffix_of_nothing |= size == 0
                 chosen |= set(range(max(size - last, 0), size))
             continue
         if last is not None and last < first:
             return None
         chosen |= set(range(first, size if last is None else min(last + 1, size)))
-    return chosen
+    return None if suffix_of_nothing and not chosen else chosen
 
 
 def runs(chosen: set[int]) -> list[tuple[int, int]]:
@@ -637,11 +652,11 @@ def test_media_type(name: str, expected: str) -> None:
 @pytest.mark.parametrize(
     ("name", "max_age", "expected"),
     [
-        ("app.0123abcd.css", None, representation.IMMUTABLE),
+        ("app.0123abcd.css", None, None),  # max_age=None: no Cache-Control at all
         ("app.0123abcd.css", 60, representation.IMMUTABLE),
         ("app.0123456789ABCDEF.js", 60, representation.IMMUTABLE),
         ("static/app.deadbeef.css.gz", 60, representation.IMMUTABLE),
-        ("app.deadbeef.css.br", None, representation.IMMUTABLE),
+        ("app.deadbeef.css.br", None, None),
         ("a/b.c/app.deadbeef.js", 60, representation.IMMUTABLE),
         ("app.0123abc.css", 60, "public, max-age=60"),  # 7 hex digits: not a hash
         ("app.0123abcg.css", 60, "public, max-age=60"),  # not hex
@@ -909,7 +924,8 @@ def test_answer_multipart_random_boundary() -> None:
 )
 def test_answer_not_modified(method: str, request_: dict[str, str]) -> None:
     """15.4.5: a 304 keeps Cache-Control, Content-Location, Date, ETag, Expires, Vary (and
-    Last-Modified), nothing of the content: no Content-Type, Content-Encoding, Content-Length."""
+    Last-Modified) and the app's own headers, nothing of the content: no Content-Type,
+    Content-Encoding, Content-Length."""
     headers = [*BASE, ("date", LATER), ("expires", LATER), ("content-location", "/x.txt"), ("x-other", "1")]
     found = answer(method, request_, headers, SIZE)
     assert found.status == 304
@@ -922,8 +938,9 @@ def test_answer_not_modified(method: str, request_: dict[str, str]) -> None:
         ("date", LATER),
         ("expires", LATER),
         ("content-location", "/x.txt"),
+        ("x-other", "1"),
     ]
-    assert {name for name, _ in found.headers} <= NOT_MODIFIED_HEADERS
+    assert not {name for name, _ in found.headers} & (BODY_HEADERS | METADATA_HEADERS)
     assert found.length == 0  # no body
 
 
@@ -1456,3 +1473,81 @@ def test_a_location_without_its_slash_is_still_a_directory(tmp_path: Path) -> No
     assert handoff.target("x-accel-redirect", "/p/a.txt").path == str((tmp_path / "a.txt").resolve())
     with pytest.raises(Refused):
         handoff.target("x-accel-redirect", "/pa.txt")
+
+
+@pytest.mark.parametrize(
+    ("request_", "status"),
+    [({"if-none-match": ETAG}, 304), ({"if-match": '"xyz"'}, 412), ({"range": "bytes=99999-"}, 416)],
+)
+def test_the_apps_own_headers_on_every_status(request_: dict[str, str], status: int) -> None:
+    own = [("set-cookie", "s=1"), ("x-request-id", "42"), ("access-control-allow-origin", "*")]
+    found = answer("GET", request_, [*BASE, *own], SIZE)
+    assert found.status == status
+    assert [(name, value) for name, value in found.headers if name in dict(own)] == own
+    if status != 304:
+        assert not {name for name, _ in found.headers} & {"etag", "last-modified", "cache-control", "vary"}
+
+
+# ---- review follow-ups: what was opened is what was checked; names as the app gave them --------
+
+
+def test_a_name_swapped_for_a_symlink_after_the_check_is_refused(tree: tuple[Handoff, Path, Path]) -> None:
+    handoff, root, outside = tree
+    target = handoff.target("x-sendfile", str(root / "a.txt"))
+    (root / "a.txt").unlink()
+    (root / "a.txt").symlink_to(outside / "secret.txt")  # between the check and the open
+    with pytest.raises(Refused):
+        open_target(target)
+
+
+def test_a_directory_swapped_for_a_symlink_after_the_check_is_refused(
+    tree: tuple[Handoff, Path, Path],
+) -> None:
+    handoff, root, outside = tree
+    target = handoff.target("x-sendfile", str(root / "sub" / "b.txt"))
+    (outside / "b.txt").write_bytes(b"outside")
+    (root / "sub").rename(root / "sub-moved")
+    (root / "sub").symlink_to(outside)  # the way to the name now leads outside
+    with pytest.raises(Refused, match="outside"):
+        open_target(target)
+
+
+def test_what_was_checked_is_opened(tree: tuple[Handoff, Path, Path]) -> None:
+    handoff, root, _ = tree
+    with open_target(handoff.target("x-sendfile", str(root / "link_in"))) as file:
+        assert file.read() == b"a"
+
+
+def test_the_media_type_is_the_requested_names(tree: tuple[Handoff, Path, Path]) -> None:
+    handoff, root, _ = tree
+    (root / "blob").write_bytes(b"%PDF-1.7")
+    (root / "report.pdf").symlink_to(root / "blob")  # content-addressed storage
+    handed = hand_off(handoff, ("x-accel-redirect", "/protected/report.pdf"), "GET", {}, 200, [])
+    assert handed.file is not None
+    handed.file.close()
+    assert ("content-type", "application/pdf") in handed.answer.headers
+
+
+def test_an_x_sendfile_name_is_the_file_systems_bytes(tree: tuple[Handoff, Path, Path]) -> None:
+    handoff, root, _ = tree
+    (root / "ł.txt").write_bytes(b"l")
+    as_latin1 = str(root / "ł.txt").encode().decode("latin-1")  # how ASGI and WSGI carry its bytes
+    assert handoff.target("x-sendfile", as_latin1).path == str(root / "ł.txt")
+    assert handoff.target("x-sendfile", str(root / "ł.txt")).path == str(root / "ł.txt")  # a str app
+    accel = "/protected/" + "ł.txt".encode().decode("latin-1")  # raw UTF-8, not percent-encoded
+    assert handoff.target("x-accel-redirect", accel).path == str(root / "ł.txt")
+
+
+def test_a_symlink_loop_is_refused_not_raised(tree: tuple[Handoff, Path, Path]) -> None:
+    handoff, root, _ = tree
+    with pytest.raises(Refused):
+        handoff.target("x-sendfile", str(root / "loop"))
+
+
+def test_every_handoff_header_is_dropped_whichever_is_honoured() -> None:
+    from fastbody.integrations.files.handoff import without_handoff
+
+    headers = [("X-Sendfile", "/a"), ("X-Accel-Redirect", "/p/a"), ("Set-Cookie", "s=1")]
+    assert without_handoff(headers) == [("Set-Cookie", "s=1")]
+    raw = [(b"x-sendfile", b"/a"), (b"X-ACCEL-REDIRECT", b"/p/a"), (b"etag", b'"x"')]
+    assert without_handoff(raw) == [(b"etag", b'"x"')]

@@ -269,7 +269,7 @@ def test_refused_names_are_a_404_and_one_warning(
     value = value.format(private=tree.private, outside=tree.outside)
     logged = server.errors().count("WARNING")
     got = httpx.get(server.url + route(name=name, value=value))
-    assert (got.status_code, got.content) == (404, b"Not Found")
+    assert (got.status_code, got.content) == (404, b"Not Found\n")
     assert name.lower() not in got.headers and b"secret" not in got.content
     wait_until(lambda: server.errors().count("WARNING") > logged, 10, "the warning logged")
     warnings = [line for line in server.errors().splitlines() if "WARNING" in line][logged:]

@@ -589,3 +589,17 @@ async def test_disconnect_closes_the_file_of_a_path(data_file: Path, zero_copy: 
         await ZeroCopyResponse(data_file)(scope, receive, stalled_send)
     assert len(body_messages) == 1  # the first boundary: the file was open
     assert open_fds() == before
+
+
+def test_the_apps_own_headers_survive_304_412_and_416(data_file: Path) -> None:
+    own = {"set-cookie": "s=1", "x-request-id": "42", "access-control-allow-origin": "*"}
+    client = client_for(zero=lambda: ZeroCopyResponse(data_file, headers=own))
+    etag = client.get("/zero").headers["etag"]
+    for request_headers, status in [
+        ({"if-none-match": etag}, 304),
+        ({"if-match": '"nope"'}, 412),
+        ({"range": f"bytes={SIZE}-"}, 416),
+    ]:
+        got = client.get("/zero", headers=request_headers)
+        assert got.status_code == status
+        assert {name: got.headers.get(name) for name in own} == own, status

@@ -327,3 +327,48 @@ def test_a_file_is_no_directory(server: Server, path: str) -> None:
     # whitenoise, servestatic and nginx answer 404; Starlette's own StaticFiles drops the slash.
     got = fetch(f"{server.url}{path}")
     assert got.status == 404
+
+
+# ---- review follow-ups: siblings and names under StaticFiles' own symlink rule -------------------
+
+
+def test_siblings_and_names_keep_inside_the_directory(tmp_path: Path) -> None:
+    """A sibling that is a symlink leading out is no sibling (the original goes); a symlink to a
+    dot-directory hides as the dot-name does; a long name with a slash is a 404, not a 500."""
+    root, outside = tmp_path / "site", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(b"secret outside\n")
+    (root / "app.css").write_bytes(b"body { }\n" * 100)
+    (root / "app.css.gz").symlink_to(outside / "secret.txt")
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_bytes(b"[core]\n")
+    (root / "assets").symlink_to(root / ".git")
+    command = fastbody("serve", str(root), tmp=tmp_path)
+    try:
+        with httpx.Client(timeout=30) as client:
+            css = client.get(f"{command.url}/app.css", headers={"Accept-Encoding": "gzip"})
+            assert (css.status_code, css.content) == (200, b"body { }\n" * 100)
+            assert "content-encoding" not in css.headers and "vary" not in css.headers
+            assert client.get(f"{command.url}/app.css.gz").status_code == 404
+        for path in ["/assets/config", "/" + "a" * 300 + "/"]:
+            answer = raw_get(command.port, path)
+            assert answer.startswith(b"HTTP/1.1 404"), (path, answer[:100])
+            assert b"[core]" not in answer
+    finally:
+        output = terminate(command)
+    assert "Traceback" not in output, output
+
+
+def test_no_cache_control_when_max_age_is_none(tmp_path: Path) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from starlette.testclient import TestClient
+
+    from fastbody.integrations.starlette import StaticFiles
+
+    (tmp_path / HASHED).write_bytes(b"x")
+    (tmp_path / "plain.txt").write_bytes(b"x")
+    client = TestClient(Starlette(routes=[Mount("/", StaticFiles(directory=tmp_path, max_age=None))]))
+    for name in [HASHED, "plain.txt"]:
+        assert "cache-control" not in client.get(f"/{name}").headers

@@ -14,6 +14,7 @@ status is sent whole, as RFC 9110 13.2.1 says).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from secrets import token_hex
 
@@ -46,11 +47,18 @@ class FileAnswer:
         return next((int(value) for name, value in self.headers if name == "content-length"), 0)
 
 
-NOT_MODIFIED_HEADERS = frozenset(
-    {"cache-control", "content-location", "date", "etag", "expires", "vary", "last-modified"}
-)
-"""What a 304 keeps of the 200's headers (RFC 9110 15.4.5; Last-Modified, as nginx and
-Starlette keep it)."""
+BODY_HEADERS = frozenset({"content-length", "content-range", "accept-ranges", "transfer-encoding"})
+"""Headers about the body sent: ``answer`` sets them for what it sends."""
+
+METADATA_HEADERS = frozenset({"content-type", "content-encoding", "content-language", "content-disposition"})
+"""Representation metadata: what a body without the representation (304, 412, 416) leaves out
+(RFC 9110 15.4.5: a 304 keeps only what guides cache updates)."""
+
+VALIDATOR_HEADERS = frozenset({"etag", "last-modified"})
+CACHING_HEADERS = frozenset({"cache-control", "expires", "vary", "content-location"})
+"""Kept by a 304 (RFC 9110 15.4.5, with Last-Modified as nginx and Starlette keep it), not by
+an error. Every other header (Set-Cookie, X-Request-Id, CORS) is the app's own: kept on every
+status."""
 
 ACCEPTS_RANGES = ("accept-ranges", "bytes")
 
@@ -74,14 +82,15 @@ def answer(
     etag, last_modified = fields.get("etag"), fields.get("last-modified")
     verdict = conditions.precondition(method, request, etag, last_modified)
     if verdict == conditions.NOT_MODIFIED:
-        return FileAnswer(304, [(name, value) for name, value in headers if name in NOT_MODIFIED_HEADERS], [])
+        return FileAnswer(304, _without(headers, BODY_HEADERS | METADATA_HEADERS), [])
+    own = _without(headers, BODY_HEADERS | METADATA_HEADERS | VALIDATOR_HEADERS | CACHING_HEADERS)
     if verdict == conditions.PRECONDITION_FAILED:
-        return FileAnswer(412, [("content-length", "0")], [])
+        return FileAnswer(412, [*own, ("content-length", "0")], [])
     wanted = _ranges(method, request, size, etag, last_modified)
     if wanted is None:
         return _whole(method, status, whole, size)
     if not wanted:
-        return FileAnswer(416, [("content-range", f"bytes */{size}"), ("content-length", "0")], [])
+        return FileAnswer(416, [*own, ("content-range", f"bytes */{size}"), ("content-length", "0")], [])
     if len(wanted) == 1:
         (start, end), *_ = wanted
         head = [
@@ -135,5 +144,5 @@ def _multipart(
     return FileAnswer(206, head, [] if method == "HEAD" else parts)
 
 
-def _without(headers: Sequence[Header], names: set[str]) -> list[Header]:
+def _without(headers: Sequence[Header], names: AbstractSet[str]) -> list[Header]:
     return [(name, value) for name, value in headers if name not in names]

@@ -17,7 +17,7 @@ import fastbody
 
 from ..asgi import EXTENSIONS, PATHSEND, ZEROCOPYSEND
 from .answer import FileRange, Part
-from .handoff import HANDOFF_HEADERS, HandedOff, Handoff, Refused, hand_off
+from .handoff import NOT_FOUND, REFUSED_LOG, HandedOff, Handoff, Refused, hand_off, without_handoff
 
 CHUNK_SIZE = 64 * 1024
 """Bytes per ``http.response.body`` message on the fallback path (FileResponse's chunk size)."""
@@ -82,7 +82,6 @@ def file_chunks(file: HasFileno, part: FileRange | None) -> AsyncGenerator[bytes
 
 BODY_MESSAGES = frozenset({"http.response.body", *EXTENSIONS})
 
-NOT_FOUND = b"Not Found"
 
 StrHeaders = list[tuple[str, str]]
 
@@ -132,8 +131,8 @@ class HandoffSend:
 
     async def _hand_off(self, start: Message, headers: StrHeaders, named: tuple[str, str]) -> None:
         status = int(start["status"])
-        if status < 200 or status in (204, 304):  # no body to replace: the head goes on without the header
-            await self.send({**start, "headers": _without_handoff(start["headers"])})
+        if not fastbody.framing.body_allowed("GET", status):  # 1xx, 204, 304: no body to replace
+            await self.send({**start, "headers": without_handoff(start["headers"])})
             return
         self.dropping = True  # set first: whatever happens below, the app's own body is not sent
         method = self.scope["method"]
@@ -143,7 +142,7 @@ class HandoffSend:
                 resolve, self.owner.handoff, named, method, request_headers(self.scope), status, headers
             )
         if isinstance(handed, Refused):
-            self.owner.log.warning("fastbody: %s (%s %s): answered 404", handed, method, self.scope["path"])
+            self.owner.log.warning(REFUSED_LOG, handed, method, self.scope["path"])
             await self._not_found()
             return
         try:
@@ -192,10 +191,6 @@ def request_headers(scope: Message) -> dict[str, str]:
         name, value = _text(raw_name).lower(), _text(raw_value)
         fields[name] = f"{fields[name]}, {value}" if name in fields else value
     return fields
-
-
-def _without_handoff(headers: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
-    return [(name, value) for name, value in headers if _text(name).lower() not in HANDOFF_HEADERS]
 
 
 def _text(field: bytes | str) -> str:

@@ -23,11 +23,13 @@ import os
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO
-from urllib.parse import unquote
+from typing import BinaryIO, TypeVar
+from urllib.parse import unquote, unquote_to_bytes
 
 from . import representation
 from .answer import FileAnswer, FileRange, answer
+
+T = TypeVar("T", str, bytes)
 
 XSENDFILE_ROOTS = "FASTBODY_XSENDFILE_ROOTS"
 ACCEL_REDIRECT = "FASTBODY_ACCEL_REDIRECT"
@@ -42,20 +44,12 @@ REPLACED = frozenset(
 """The app's headers that described its own (empty) body: the file's answer replaces them
 (ETag and Last-Modified too, as nginx replaces them)."""
 
-REPRESENTATION = frozenset(
-    {
-        "content-type",
-        "content-disposition",
-        "content-encoding",
-        "content-language",
-        "content-location",
-        "cache-control",
-        "expires",
-        "vary",
-    }
-)
-"""The app's headers that describe the file: ``answer`` decides which of them a 304 keeps. The
-rest (Set-Cookie, X-Frame-Options, ...) are the app's own and go out whatever the status."""
+
+NOT_FOUND = b"Not Found\n"
+"""The body of the 404 a refused handoff gets (the reason goes to the log, never to the client)."""
+
+REFUSED_LOG = "fastbody: %s (%s %s): answered 404"
+"""The warning for a refused handoff: the reason, the request's method and path."""
 
 
 class Refused(Exception):
@@ -64,10 +58,14 @@ class Refused(Exception):
 
 @dataclass(frozen=True)
 class Target:
-    """The file a handoff header named, opened by nobody yet: its real path and its stat."""
+    """The file a handoff header named, opened by nobody yet: its real path and its stat, the
+    name the app gave (its media type is guessed from that, as nginx guesses from the URI),
+    and the directories it must stay inside once opened."""
 
     path: str
     stat: os.stat_result
+    name: str = ""
+    directories: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,13 +104,16 @@ class Handoff:
         return None
 
     def target(self, name: str, value: str) -> Target:
-        """The file ``name: value`` hands over; ``Refused`` when there is none to send."""
+        """The file ``name: value`` hands over; ``Refused`` when there is none to send. A value
+        is latin-1 text of the header's bytes (WSGI and ASGI both): those bytes are the file
+        system's name (X-Sendfile) or a percent-encoded UTF-8 URI path (X-Accel-Redirect)."""
         if name == X_SENDFILE:
-            if not os.path.isabs(value):
+            path = _file_system_name(value)
+            if not os.path.isabs(path):
                 raise Refused(f"X-Sendfile {value!r} is not an absolute path")
-            return _inside(value, self.sendfile_roots, f"X-Sendfile {value!r}")
+            return _inside(path, path, self.sendfile_roots, f"X-Sendfile {value!r}")
         try:
-            path = unquote(value.partition("?")[0].partition("#")[0], errors="strict")
+            path = _uri_path(value)
         except UnicodeDecodeError:
             raise Refused(f"X-Accel-Redirect {value!r} is not UTF-8 once percent-decoded") from None
         for prefix, directory in self.locations:
@@ -122,8 +123,35 @@ class Handoff:
                 prefix.rstrip("/"),
             ):
                 rest = path[len(prefix) :].lstrip("/")
-                return _inside(os.path.join(directory, rest), (directory,), f"X-Accel-Redirect {value!r}")
+                return _inside(
+                    os.path.join(directory, rest), path, (directory,), f"X-Accel-Redirect {value!r}"
+                )
         raise Refused(f"X-Accel-Redirect {value!r} is under no {ACCEL_REDIRECT} prefix")
+
+
+def without_handoff(headers: Iterable[tuple[T, T]]) -> list[tuple[T, T]]:
+    """``headers`` (str or bytes pairs) without any handoff header: they never reach a client."""
+    return [(name, value) for name, value in headers if _lower(name) not in HANDOFF_HEADERS]
+
+
+def _lower(name: str | bytes) -> str:
+    return (name if isinstance(name, str) else bytes(name).decode("latin-1")).lower()
+
+
+def _file_system_name(value: str) -> str:
+    try:
+        return os.fsdecode(value.encode("latin-1"))  # the header's bytes, as the file system names
+    except UnicodeEncodeError:  # a WSGI app that put a str beyond latin-1 in it: the name itself
+        return value
+
+
+def _uri_path(value: str) -> str:
+    path = value.partition("?")[0].partition("#")[0]
+    try:
+        raw = path.encode("latin-1")
+    except UnicodeEncodeError:
+        return unquote(path, errors="strict")
+    return unquote_to_bytes(raw).decode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -149,51 +177,55 @@ def hand_off(
     or 206 (werkzeug's range of its empty body) is answered as a 200 would be; another status
     sends the whole file with it."""
     target = handoff.target(*named)
-    own, described = [], []
-    for name, value in headers:
-        lower = name.lower()
-        if lower in REPRESENTATION:
-            described.append((lower, value))
-        elif lower not in REPLACED and lower not in HANDOFF_HEADERS:
-            own.append((name, value))
-    if not any(name == "content-type" for name, _ in described):
-        described.insert(0, ("content-type", representation.media_type(target.path)))
-    file = _open(target)
+    kept = [
+        (name.lower(), value) for name, value in headers if name.lower() not in REPLACED | HANDOFF_HEADERS
+    ]
+    if not any(name == "content-type" for name, _ in kept):
+        kept.insert(0, ("content-type", representation.media_type(target.name or target.path)))
+    file = open_target(target)
     try:
-        found = os.fstat(file.fileno())  # the validators of what will be sent
-        etag, last_modified = representation.validators(found.st_size, found.st_mtime)
-        described += [("etag", etag), ("last-modified", last_modified)]
+        opened = os.fstat(file.fileno())  # the validators of what will be sent
+        etag, last_modified = representation.validators(opened.st_size, opened.st_mtime)
+        kept += [("etag", etag), ("last-modified", last_modified)]
         whole = 200 if status in (200, 206) else status
-        found_answer = answer(method, request, described, found.st_size, status=whole)
-        found_answer = FileAnswer(found_answer.status, [*own, *found_answer.headers], found_answer.parts)
+        found = answer(method, request, kept, opened.st_size, status=whole)
     except BaseException:
         file.close()
         raise
-    if not any(isinstance(part, FileRange) for part in found_answer.parts):
+    if not any(isinstance(part, FileRange) for part in found.parts):
         file.close()  # HEAD, 304, 412, 416, an empty file: the head says it all
-        return HandedOff(found_answer, None)
-    return HandedOff(found_answer, file)
+        return HandedOff(found, None)
+    return HandedOff(found, file)
 
 
-def _open(target: Target) -> BinaryIO:
-    """The target, opened once; refused when what was opened is not the file that was checked
-    (replaced in between, so it may lie outside the directories)."""
+def open_target(target: Target) -> BinaryIO:
+    """The target opened, and refused unless what was opened is a regular file inside its
+    directories: a name swapped for a symlink after ``target`` checked it (the last part:
+    O_NOFOLLOW; a directory on the way: the opened file's own path) is not sent."""
     try:
-        file = open(target.path, "rb")  # noqa: SIM115 - the caller's HandedOff owns it
+        fd = os.open(target.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as error:
         raise Refused(f"{target.path}: {error.strerror}") from None
-    opened = os.fstat(file.fileno())
-    if (opened.st_dev, opened.st_ino) != (target.stat.st_dev, target.stat.st_ino):
-        file.close()
-        raise Refused(f"{target.path} was replaced while it was opened")
-    return file
+    try:
+        opened = os.readlink(f"/proc/self/fd/{fd}")  # where the opened file really is
+        if target.directories and not _within(opened, target.directories):
+            raise Refused(f"{target.path} was replaced by a way outside the configured directories")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Refused(f"{target.path} is not a regular file")
+        return open(fd, "rb", closefd=True)  # the caller's HandedOff owns it
+    except BaseException:
+        os.close(fd)
+        raise
 
 
-def _inside(path: str, directories: tuple[str, ...], what: str) -> Target:
+def _inside(path: str, name: str, directories: tuple[str, ...], what: str) -> Target:
     if "\0" in path:
         raise Refused(f"{what} holds a NUL byte")
-    real = os.path.realpath(path)  # symlinks and '..' resolved: the file that would be opened
-    if not any(os.path.commonpath([real, directory]) == directory for directory in directories):
+    try:
+        real = os.path.realpath(path)  # symlinks and '..' resolved: the file that would be opened
+    except OSError as error:  # (a symlink loop, or one changing under us)
+        raise Refused(f"{what}: {error.strerror}") from None
+    if not _within(real, directories):
         raise Refused(f"{what} leads outside the configured directories")
     try:
         found = os.stat(real)
@@ -201,7 +233,11 @@ def _inside(path: str, directories: tuple[str, ...], what: str) -> Target:
         raise Refused(f"{what}: {error.strerror}") from None
     if not stat.S_ISREG(found.st_mode):
         raise Refused(f"{what} is not a regular file")
-    return Target(real, found)
+    return Target(real, found, name, directories)
+
+
+def _within(path: str, directories: tuple[str, ...]) -> bool:
+    return any(os.path.commonpath([path, directory]) == directory for directory in directories)
 
 
 def _items(value: str | None, separator: str) -> list[str]:

@@ -3,8 +3,8 @@
 ``byte_ranges(header, size)`` is one of:
 
 - ``None``: ignore the header and send the whole representation (200): an unknown range unit
-  (``items=0-1``), a header that does not parse (``bytes=abc``, ``bytes=5-1``), or one asking
-  for more than ``MAX_RANGES`` pieces;
+  (``items=0-1``), a header that does not parse (``bytes=abc``, ``bytes=5-1``), one asking
+  for more than ``MAX_RANGES`` pieces, or a suffix of an empty representation (``bytes=-5``);
 - ``[]``: no range overlaps the representation: 416 with ``Content-Range: bytes */size``;
 - ``[(start, end), ...]``: half-open byte ranges, sorted, overlapping and adjacent ones merged.
 """
@@ -26,6 +26,7 @@ def byte_ranges(header: str, size: int) -> ByteRanges | None:
     if not specs or len(specs) > MAX_RANGES:
         return None
     ranges: ByteRanges = []
+    suffix_of_nothing = False  # a non-zero suffix-length asked of an empty representation
     for spec in specs:
         first, dash, last = spec.partition("-")
         if not dash or not _digits(first, empty=True) or not _digits(last, empty=True):
@@ -33,9 +34,10 @@ def byte_ranges(header: str, size: int) -> ByteRanges | None:
         if not first:  # suffix-range: the last N bytes
             if not last:
                 return None
-            length = _int(last, size)
-            if length > 0 and size > 0:
-                ranges.append((max(size - length, 0), size))
+            if last.strip("0") and size == 0:
+                suffix_of_nothing = True
+            elif last.strip("0"):
+                ranges.append((max(size - _int(last, size), 0), size))
             continue
         if last and _less(last, first):
             return None  # an invalid range-spec makes the whole header invalid
@@ -43,6 +45,10 @@ def byte_ranges(header: str, size: int) -> ByteRanges | None:
         if start < size:
             end = size if not last else min(_int(last, size) + 1, size)
             ranges.append((start, end))
+    if not ranges and suffix_of_nothing:
+        # Satisfiable (RFC 9110 14.1.1: a non-zero suffix-length), but there is nothing to cut
+        # from an empty representation: it is sent whole (200), as nginx sends it.
+        return None
     return _merged(ranges)
 
 

@@ -52,11 +52,14 @@ def media_type(name: str) -> str:
 
 
 def cache_control(name: str, max_age: int | None) -> str | None:
-    """``public, max-age=N`` (None: no header), or ``IMMUTABLE`` for a hashed name."""
+    """``public, max-age=N``, or ``IMMUTABLE`` for a hashed name; None (no header at all, hashed
+    names included) when ``max_age`` is None: the app's caching is its own."""
+    if max_age is None:
+        return None
     stem = name[: -len(suffix)] if (suffix := _encoding_suffix(name)) else name
     if _HASHED.search(os.path.basename(stem)):
         return IMMUTABLE
-    return None if max_age is None else f"public, max-age={max_age}"
+    return f"public, max-age={max_age}"
 
 
 def accepted_encodings(accept_encoding: str | None, offered: Iterable[str]) -> list[str]:

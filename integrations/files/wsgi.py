@@ -22,7 +22,7 @@ from typing import IO, Any
 import fastbody
 
 from .answer import FileRange, Part
-from .handoff import Handoff, Refused, hand_off
+from .handoff import NOT_FOUND, REFUSED_LOG, Handoff, Refused, hand_off, without_handoff
 
 __all__ = ["FileParts", "HandoffMiddleware", "request_headers", "sliced_file", "werkzeug_range"]
 
@@ -30,8 +30,6 @@ Environ = dict[str, Any]
 Headers = list[tuple[str, str]]
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
-
-NOT_FOUND = b"Not Found\n"
 
 
 @dataclass
@@ -88,7 +86,8 @@ class HandoffMiddleware:
 
     The decision needs the whole head before the body, so the app's ``start_response`` is held
     until the app returns (or writes). An app that starts its response only while its body is
-    iterated is passed through unchanged, with a warning if it names a file."""
+    iterated, or writes it with ``write()``, is passed through with a warning if it names a
+    file: its body as it is, the handoff header dropped."""
 
     def __init__(self, app: WSGIApp, handoff: Handoff, log: logging.Logger) -> None:
         self.app = app
@@ -103,8 +102,8 @@ class HandoffMiddleware:
             return body
         named = self.handoff.named(held.headers)
         code = _code(held.status)
-        if named is None or code < 200 or code in (204, 304):
-            held.start(held.headers if named is None else _without(held.headers, named[0]))
+        if named is None or not fastbody.framing.body_allowed("GET", code):
+            held.start(held.headers if named is None else without_handoff(held.headers))  # 1xx, 204, 304
             return body
         _close(body)  # its (empty) body is replaced by the file
         return self._file(environ, held, code, named)
@@ -115,7 +114,7 @@ class HandoffMiddleware:
         try:
             handed = hand_off(self.handoff, named, method, request_headers(environ), code, held.headers)
         except Refused as refused:
-            self.log.warning("fastbody: %s: answered 404 to %s %s", refused, method, environ.get("PATH_INFO"))
+            self.log.warning(REFUSED_LOG, refused, method, environ.get("PATH_INFO"))
             held.start_response(
                 "404 Not Found",
                 [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(NOT_FOUND)))],
@@ -155,9 +154,10 @@ class HeldStart:
             if named is not None:
                 self.log.warning(
                     "fastbody: the app started its response while its body was iterated: "
-                    "its %s header is passed through, not honoured",
+                    "its %s header is dropped, not honoured",
                     named[0],
                 )
+                headers = without_handoff(headers)
             return self.start_response(status, headers, exc_info)  # type: ignore[no-any-return]
         # Not started yet: a second call (with exc_info, PEP 3333) replaces the first.
         self.status, self.headers, self.exc_info = status, list(headers), exc_info
@@ -167,8 +167,8 @@ class HeldStart:
         """The app writes its body itself: its head goes out as it is, then the bytes."""
         if self._write is None:
             if self.handoff.named(self.headers) is not None:
-                self.log.warning("fastbody: the app wrote its body with write(): handoff header not honoured")
-            self.start(self.headers)
+                self.log.warning("fastbody: the app wrote its body with write(): handoff header dropped")
+            self.start(without_handoff(self.headers))
         assert self._write is not None
         return self._write(data)
 
@@ -186,10 +186,6 @@ def request_headers(environ: Mapping[str, Any]) -> dict[str, str]:
     return {
         key[5:].replace("_", "-").lower(): value for key, value in environ.items() if key.startswith("HTTP_")
     }
-
-
-def _without(headers: Headers, lower_name: str) -> Headers:
-    return [(name, value) for name, value in headers if name.lower() != lower_name]
 
 
 def _code(status: str) -> int:
