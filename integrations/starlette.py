@@ -3,7 +3,7 @@
     from fastbody.integrations.starlette import StaticFiles, ZeroCopyResponse
 
     async def download(request: Request) -> Response:
-        return ZeroCopyResponse("big.iso")  # ranges, ETag, 304s through StaticFiles: as FileResponse
+        return ZeroCopyResponse("big.iso")  # FileResponse's headers; ranges, 304/412 per RFC 9110
 
     async def relay(request: Request) -> Response:
         upstream = subprocess.Popen(["cat", "big.iso"], stdout=subprocess.PIPE)
@@ -99,11 +99,12 @@ class ZeroCopyResponse(StreamingResponse):
     that is a socket or FIFO, e.g. ``subprocess.Popen(...).stdout``), or an iterator or async
     iterator of bytes (then this is a plain ``StreamingResponse``).
 
-    - A path is served exactly as Starlette's ``FileResponse`` serves it, with the same headers
-      and statuses (Content-Type, Content-Disposition for ``filename``, ETag, Last-Modified,
-      Content-Length, Accept-Ranges; If-Range; 206 single and multipart ranges, 416, 400; HEAD).
-      As with ``FileResponse``, a 304 for If-None-Match / If-Modified-Since is ``StaticFiles``'
-      decision, not the response's. The response opens the file once per request, sends
+    - A path gets the headers Starlette's ``FileResponse`` gives it (Content-Type,
+      Content-Disposition for ``filename``, ETag, Last-Modified, Content-Length, Accept-Ranges)
+      and is answered by ``fastbody.integrations.files.answer`` per RFC 9110: 304 and 412 for
+      the conditionals (FileResponse answers neither), If-Range, 206 single and multipart
+      ranges, 416, a Range that does not parse ignored (FileResponse: 400), HEAD; the app's own
+      headers (Set-Cookie, ...) on every status. The response opens the file once per request, sends
       ``http.response.zerocopysend`` with an explicit offset and count per range (so the server
       never sends more than Content-Length promised, even if the file grew), and closes it.
     - A file object is sent from its current position: ``count`` bytes, or to the end of file.
