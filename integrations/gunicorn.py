@@ -340,6 +340,12 @@ class FastSync(SyncWorker):  # type: ignore[misc]
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
+        if self.cfg.threads > 1:  # gunicorn swaps only classes named ...SyncWorker for gthread
+            log.warning(
+                "fastbody: the sync worker handles one request at a time and ignores --threads %d;"
+                " use -k egg:fastbody#gthread for threads",
+                self.cfg.threads,
+            )
         interval = max(min(self.timeout / 4, 1.0), 0.05) if self.timeout else 1.0
         self.wsgi = _upgrade(self.wsgi, Heartbeat(self.notify, interval), Handoff.from_environ())
 

@@ -524,3 +524,15 @@ def test_example_app(tmp: Path) -> None:
         assert running.get("/stats").json()["splice"] > 0
     finally:
         stop(running)
+
+
+def test_threads_given_to_the_sync_worker_are_named_in_a_warning(tmp: Path) -> None:
+    """gunicorn swaps only a class named ...SyncWorker for gthread when --threads > 1; fastbody's
+    sync worker keeps one request at a time, and says so rather than start without a word."""
+    server = start(tmp, "sync", "--threads", "4")
+    try:
+        wait_until(lambda: "ignores --threads 4" in server.errors(), 10, "the warning logged")
+        assert server.get("/stats").status_code == 200
+    finally:
+        stop(server)
+    assert "WARNING" in server.errors()
