@@ -415,3 +415,57 @@ def test_send_timeout_cuts_off_a_client_that_stops_reading(
     finally:
         output = terminate(command)
     assert "Traceback" not in output, output
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
+def test_serve_metrics_port_adds_up_every_worker(
+    site: tuple[Path, bytes], tmp_path: Path, server: str
+) -> None:
+    """``--metrics-port``: the counters of both workers, scraped from the launcher (uvicorn) or
+    gunicorn's master, add up to the bytes served."""
+    pytest.importorskip("prometheus_client", reason="prometheus_client not installed (fastbody[metrics])")
+    root, data = site
+    metrics = free_port()
+    command = fastbody(
+        "serve", str(root), "--server", server, "--workers", "2", "--metrics-port", str(metrics), tmp=tmp_path
+    )
+    fetches = 6
+    try:
+        for _ in range(fetches):  # a connection each: both workers get some, most of the time
+            with httpx.Client(timeout=30) as client:
+                assert sha(client.get(f"{command.url}/big.bin").content) == sha(data)
+        wait_until(lambda: accepts(metrics), 10, "the metrics port open")
+        scrape = httpx.get(f"http://127.0.0.1:{metrics}/metrics", timeout=10).text
+    finally:
+        output = terminate(command)
+    assert "Traceback" not in output, output
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in scrape.splitlines()
+        if line.startswith("fastbody_") and not line.startswith("#")
+    }
+    assert values['fastbody_body_bytes_total{path="sendfile"}'] == fetches * len(data), scrape
+    assert values['fastbody_responses_total{outcome="complete",path="sendfile"}'] == fetches, scrape
+
+
+def test_metrics_port_must_differ_from_the_servers(site: tuple[Path, bytes]) -> None:
+    root, _ = site
+    port = free_port()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fastbody",
+            "serve",
+            str(root),
+            "--port",
+            str(port),
+            "--metrics-port",
+            str(port),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "is the server's own port" in result.stderr and "Traceback" not in result.stderr

@@ -19,6 +19,7 @@ from typing import Any
 import fastbody
 from fastbody.config import parse_seconds
 
+from . import metrics_port
 from .usage import UsageError
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -76,6 +77,16 @@ def _seconds(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"{error}: {text}") from None
 
 
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port: {text}") from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"not a port: {text}")
+    return port
+
+
 def _text(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
@@ -89,6 +100,7 @@ FLAGS = (
     Flag("access_log", "FASTBODY_ACCESS_LOG", _switch, True),
     Flag("forwarded_allow_ips", "FASTBODY_FORWARDED_ALLOW_IPS", _text, None),
     Flag("send_timeout", "FASTBODY_SEND_TIMEOUT", _seconds, fastbody.config.Settings().send_timeout),
+    Flag("metrics_port", "FASTBODY_METRICS_PORT", port_number, None),
 )
 
 
@@ -129,6 +141,13 @@ def server_flags(parser: argparse.ArgumentParser) -> None:
         help="cut off a client that takes no body bytes for this long (default 60, 0 for none)"
         " [FASTBODY_SEND_TIMEOUT]",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=port_number,
+        metavar="PORT",
+        help="Prometheus counters of every worker on this port (needs fastbody[metrics])"
+        " [FASTBODY_METRICS_PORT]",
+    )
 
 
 def resolve_flags(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> None:
@@ -163,6 +182,8 @@ def reporting(route: Any) -> Any:
     from starlette.applications import Starlette
 
     import fastbody
+
+    metrics_port.install_in_worker()
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -222,10 +243,16 @@ def run_server(args: argparse.Namespace, factory: str) -> None:
     ``module:function`` string each worker process resolves to build its own app. The server
     flags must have been resolved (:func:`resolve_flags`)."""
     apply_send_timeout(args)
+    if args.metrics_port is not None:
+        if args.metrics_port == args.port:
+            raise UsageError(f"--metrics-port {args.metrics_port} is the server's own port")
+        check_port(args.host, args.metrics_port)
+    metrics_port.prepare(args)
     if args.server == "gunicorn":
         os.execv(sys.executable, gunicorn_command(args, factory))  # the process becomes gunicorn's master
     import uvicorn
 
+    metrics_port.serve_here()  # the launcher answers scrapes for all its workers
     uvicorn.run(factory, **uvicorn_options(args))
 
 
@@ -263,6 +290,8 @@ def gunicorn_command(args: argparse.Namespace, factory: str) -> list[str]:
         command += ["--certfile", args.certfile]
         if args.keyfile is not None:
             command += ["--keyfile", args.keyfile]
+    if args.metrics_port is not None:  # the master answers scrapes (its when_ready hook)
+        command += ["-c", metrics_port.GUNICORN_HOOKS]
     return [*command, f"{factory}()"]
 
 
