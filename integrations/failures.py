@@ -30,20 +30,26 @@ class SourceFailed(fastbody.IncompleteTransfer):
 
 
 def blame(
-    error: fastbody.TransferError, source: fastbody.Source, client: socket.socket | None
+    error: fastbody.TransferError, source: object, client: socket.socket | None
 ) -> fastbody.TransferError:
-    """``error`` as the side that failed. The engine says ``PeerClosedError`` for a socket reset
-    by its peer whichever socket it was; when the source is a socket and the ``client`` is still
+    """``error`` as the side that failed. ``source``: the body's source (a ``fastbody.Source``,
+    or the object handed over). The engine says ``PeerClosedError`` for a socket reset by its
+    peer whichever socket it was; when the source is a socket and the ``client`` is still
     connected (not readable: no end, no error waiting), it was the source's peer, an upstream.
     A socket source that ended before its count is an upstream that closed early."""
-    if source.kind != "socket" or isinstance(error, SourceFailed):
+    if not _is_socket(source) or isinstance(error, SourceFailed):
         return error
-    expected = getattr(error, "expected", None)
     if isinstance(error, fastbody.IncompleteTransfer):
-        return SourceFailed.of("closed", error.sent, expected)
+        return SourceFailed.of("closed", error.sent, getattr(error, "expected", None))
     if isinstance(error, fastbody.PeerClosedError) and client is not None and _connected(client):
         return SourceFailed.of("reset", error.sent, None, error.errno)
     return error
+
+
+def _is_socket(source: object) -> bool:
+    if isinstance(source, fastbody.Source):
+        return source.kind == "socket"
+    return isinstance(source, socket.socket)
 
 
 def _connected(client: socket.socket) -> bool:
