@@ -185,7 +185,7 @@ def shown_commands(text: str) -> list[str]:
 
 
 PLACEHOLDERS = {"DIR": "examples/static", "URL": "http://127.0.0.1:9", "UPSTREAM_URL": "http://127.0.0.1:9"}
-PLACEHOLDERS |= {"N": "2", "S": "60"}
+PLACEHOLDERS |= {"N": "2", "S": "60", "LEVEL": "warning", "IPS": "127.0.0.1", "PEM": "cert.pem"}
 
 
 def concrete(line: str) -> list[list[str]]:
