@@ -54,8 +54,7 @@ def outcome_of(error: BaseException, *, socket_source: bool = False) -> str:
 
 
 class _Tally(Progress):
-    """A piece's ``Progress`` that also adds its bytes to the response's own by path (only while
-    someone listens: unobserved responses count as they always did)."""
+    """A piece's ``Progress`` that also adds its bytes to the response's own by path."""
 
     def __init__(self, limit: int | None, moved: dict[str, int]) -> None:
         super().__init__(limit)
@@ -96,11 +95,17 @@ class ResponseWriter:
         self.ended = False
         self._done = 0  # body bytes of the pieces that finished
         self._piece: Progress | None = None  # the piece under way (or the last that failed)
-        # This response's bytes by path, while observers listen (None: nobody hears its end).
-        self._moved: dict[str, int] | None = None
-        if counters.listening() and not _request_line(head):
-            self._moved = dict.fromkeys(counters.PATHS, 0)
+        self._moved = dict.fromkeys(counters.PATHS, 0)  # this response's body bytes by path
+        # Observers hear of its end once (none listening, or a request's body: never).
+        self._observed = counters.listening() and not _request_line(head)
         self._socket_source = False  # the last piece came from a socket (an upstream's answer)
+
+    @property
+    def paths(self) -> dict[str, int]:
+        """This body's bytes so far by the path that moved them (``sendfile``, ``splice``,
+        ``copy``: the names of ``stats()``), the paths that moved none left out: what really
+        moved them, fallbacks included."""
+        return {path: count for path, count in self._moved.items() if count}
 
     @property
     def sent(self) -> int:
@@ -143,7 +148,7 @@ class ResponseWriter:
             self._count_whole(error)
             self._report(outcome_of(error, socket_source=self._socket_source))
             raise
-        if self._moved is not None and (last or self.framing.remaining == 0):
+        if self._observed and (last or self.framing.remaining == 0):
             self._report(counters.COMPLETE)
         return self._sent(sent)
 
@@ -169,11 +174,8 @@ class ResponseWriter:
         dst = destination(self.sock)
         dst.pending, self.pending = self.pending, b""
         self.ended = last
-        if self._moved is None:
-            self._piece = Progress(count)
-        else:
-            self._piece = _Tally(count, self._moved)
-            self._socket_source = isinstance(body, StreamBody) and body.kind is StreamKind.SOCKET
+        self._piece = _Tally(count, self._moved)
+        self._socket_source = isinstance(body, StreamBody) and body.kind is StreamKind.SOCKET
         return pump(
             dst,
             body,
@@ -194,9 +196,9 @@ class ResponseWriter:
 
     def _report(self, outcome: str) -> None:
         """Tell observers this response ended (once; nothing when nobody listened)."""
-        moved, self._moved = self._moved, None
-        if moved is not None:
-            counters.response_ended(moved, outcome)
+        if self._observed:
+            self._observed = False
+            counters.response_ended(self._moved, outcome)
 
     def _count_whole(self, error: BaseException) -> None:
         """Make ``error`` count the whole body's bytes, not just this piece's."""

@@ -9,7 +9,6 @@ import socket
 from collections.abc import Iterable
 
 import fastbody
-from fastbody.plan import Path, choose_path
 
 
 class SourceFailed(fastbody.IncompleteTransfer):
@@ -91,21 +90,6 @@ def log_broken(
 
 
 # Which path moved a body, for access logs
-
-PATH_NAMES = {
-    Path.SENDFILE: "sendfile",
-    Path.SPLICE_POOLED: "splice",
-    Path.SPLICE_DIRECT: "splice",
-    Path.COPY: "copy",
-}
-
-
-def path_name(source: fastbody.Source, count: int | None, *, kernel: bool = True) -> str:
-    """The path the engine takes for ``count`` bytes of ``source`` (``sendfile``, ``splice`` or
-    ``copy``, the names of ``fastbody.stats()``): its first choice (``fastbody.plan``). A kernel
-    path that cannot start, or a source that trickles, moves on by copy; the engine does not
-    yet say so per response."""
-    return PATH_NAMES[choose_path(source.body, count, tls=not kernel)]
 
 
 def paths_label(paths: Iterable[str]) -> str:

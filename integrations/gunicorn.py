@@ -59,7 +59,7 @@ from gunicorn.workers.sync import SyncWorker
 import fastbody
 import fastbody.plan
 
-from .failures import log_broken
+from .failures import blame, log_broken, paths_label
 from .files.answer import FileRange
 from .files.handoff import Handoff
 from .files.wsgi import FileParts, HandoffMiddleware, sliced_file, werkzeug_range
@@ -156,6 +156,7 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
     response_length: int | None
     heartbeat: AbstractContextManager[object] | None = None  # the sync worker's, during a transfer
     ended = False  # the body went out through fastbody's writer, framing and all
+    environ: dict[str, Any] | None = None  # the request's: ``fastbody.path`` goes in it, for the access log
 
     def write_file(self, respiter: Any) -> None:
         if not isinstance(respiter, FileWrapper) or self.headers_sent:
@@ -195,6 +196,7 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
         # The heartbeat is for transfers that may take a while, not one write of a small file.
         small = count is not None and count < fastbody.plan.SMALL_BODY
         guard = self.heartbeat if self.heartbeat is not None and not small else nullcontext()
+        current: object = described  # the source of the piece under way: who failed, if one does
         try:
             with guard:
                 if self._omits_body:
@@ -202,20 +204,22 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
                 elif pieces is not None:
                     writer.send(b"")  # the head now: the first piece may be long in coming (events)
                     for piece in _pieces_of(pieces, writer):
-                        source, count = piece if isinstance(piece, tuple) else (piece, None)
-                        writer.send(source, count=count)
+                        current, count = piece if isinstance(piece, tuple) else (piece, None)
+                        writer.send(current, count=count)
                     writer.end()
                 elif parts is not None:
                     _send_parts(parts, writer)
                 else:
                     writer.send(described, count=count, last=True)
         except fastbody.TransferError as error:
-            self._broken(error, framing.length)
+            self._broken(blame(error, current, self.sock), framing.length)
         except fastbody.framing.FramingError as error:  # pieces longer than the app's length
             self._broken(fastbody.TransferError.make(None, str(error), writer.sent), framing.length)
         finally:
             self.sent = writer.sent
             self.ended = True  # the writer ended the body (or it broke): close() adds nothing
+            if self.environ is not None:  # gunicorn logs after close(): %({fastbody.path}e)s
+                self.environ["fastbody.path"] = paths_label(writer.paths)
 
     def close(self) -> None:
         if not self.ended:
@@ -296,6 +300,7 @@ def _upgrade(
             return served(environ, start_response)
         response.__class__ = FastResponse
         response.heartbeat = heartbeat
+        response.environ = environ
         environ["wsgi.file_wrapper"] = FileWrapper
         body = served(environ, start_response)
         # werkzeug's range of a file wrapper is no file wrapper: gunicorn would iterate it.

@@ -334,6 +334,20 @@ def test_gunicorn_colon_form(worker: str, tmp_path: Path) -> None:
     _check_started(command, port, tmp_path)
 
 
+def test_gunicorn_colon_form_of_the_uvicorn_worker(tmp_path: Path) -> None:
+    _, asgi = _apps(tmp_path)
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", "--no-control-socket", "-b", f"127.0.0.1:{port}"]
+    command += [
+        "-k",
+        "fastbody.integrations.uvicorn.worker:FastUvicornWorker",
+        "--chdir",
+        str(asgi),
+        "app:app",
+    ]
+    _check_started(command, port, tmp_path)
+
+
 def test_gunicorn_colon_form_with_a_wrong_name(tmp_path: Path) -> None:
     wsgi, _ = _apps(tmp_path)
     command = [sys.executable, "-m", "gunicorn", "--no-control-socket", "-b", f"127.0.0.1:{free_port()}"]

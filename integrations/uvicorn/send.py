@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
-import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -33,11 +32,7 @@ import fastbody
 from fastbody.framing import BodyWriter, ChunkedWriter, CloseWriter, LengthWriter
 
 from ..asgi import EXTENSIONS, PATHSEND, ZEROCOPYSEND
-from ..failures import blame, log_broken, path_name, paths_label
-
-SEND_TIMEOUT = float(os.environ.get("FASTBODY_SEND_TIMEOUT", "60")) or None
-"""Seconds a zero-copy body may make no progress (a client that stopped reading) before the
-connection is cut; ``FASTBODY_SEND_TIMEOUT``, 0 for none. uvicorn itself has no send timeout."""
+from ..failures import blame, log_broken, paths_label
 
 TLS_CHUNK = 256 << 10
 """Bytes per body message when the bytes must pass through the transport (TLS)."""
@@ -182,7 +177,12 @@ class ZeroCopySend:
     message (a zero-copy body of known length then gives it one); whatever the app does, a held
     head goes out as uvicorn would have sent it (``release``)."""
 
-    send_timeout: float | None = SEND_TIMEOUT
+    @property
+    def send_timeout(self) -> float | None:
+        """Seconds a zero-copy body may make no progress (a client that stopped reading) before
+        the connection is cut: ``fastbody.config`` (``FASTBODY_SEND_TIMEOUT``, 0 for none;
+        ``fastbody.configure(send_timeout=...)``). uvicorn itself has no send timeout."""
+        return fastbody.config.current().send_timeout
 
     def __init__(self, cycle: Any) -> None:
         self.cycle = cycle
@@ -261,7 +261,7 @@ class ZeroCopySend:
             await self.release(None if more_body else source.length)
             if cycle.scope["method"] != "HEAD":
                 try:
-                    sent = await self._send_body(source) if source.length != 0 else 0
+                    sent = await self._send_body(source, more_body) if source.length != 0 else 0
                     if not more_body and self.declared:
                         # The last body message leaves the Content-Length unfilled (a file that
                         # shrank after its head was made): never a short body passed off.
@@ -297,7 +297,7 @@ class ZeroCopySend:
         if message["type"] != PATHSEND or isinstance(error, fastbody.IncompleteTransfer):
             raise error
 
-    async def _send_body(self, source: fastbody.Source) -> int:
+    async def _send_body(self, source: fastbody.Source, more_body: bool) -> int:
         """The body bytes of ``source`` sent on the connection (all of them, or it raises)."""
         if is_ssl(self.cycle.transport):
             self.paths.append("copy")
@@ -310,10 +310,12 @@ class ZeroCopySend:
             raise fastbody.PeerClosedError.make(None, "the client went away", 0)
         sock = self.cycle.transport.get_extra_info("socket")
         writer = fastbody.ResponseWriter(sock, framing, timeout=self.send_timeout)
-        self.paths.append(path_name(source, source.length))
         try:
-            return await self._until_lost(writer.asend(source), lambda: writer.sent)
+            # last: the response ends with this body (uvicorn writes its end; the writer then
+            # knows the response is complete, for the metrics).
+            return await self._until_lost(writer.asend(source, last=not more_body), lambda: writer.sent)
         finally:
+            self.paths += writer.paths  # what really moved them, a fallback to copy included
             self.sent += writer.sent
             if self.declared is not None:
                 self.declared -= writer.sent
