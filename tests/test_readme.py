@@ -53,7 +53,9 @@ NOT_SOURCE += ("bench-results", "upstream")
 
 def code_blocks(text: str) -> list[tuple[str, str]]:
     """The fenced blocks: (language, body)."""
-    return re.findall(r"^```(\w*)\n(.*?)^```", text, re.S | re.M)
+    return re.findall(
+        r"^[ \t]*```(\w*)\n(.*?)^[ \t]*```", text, re.S | re.M
+    )  # (fences in lists are indented)
 
 
 # The quick start
@@ -158,7 +160,7 @@ def shown_commands(text: str) -> list[str]:
     (``# or: -k X``, ``# or HttpToolsProtocol``). The quick start is tested above."""
     found: list[str] = []
     command = re.compile(r"(?:\.venv/bin/)?(fastbody|gunicorn|uvicorn) \S")
-    outside = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    outside = re.sub(r"^[ \t]*```.*?^[ \t]*```", "", text, flags=re.S | re.M)
     for span in re.findall(r"`([^`]+)`", outside):
         line = " ".join(span.split())
         if command.match(line):
