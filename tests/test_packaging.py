@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
-import sysconfig
 import tarfile
 import time
 import zipfile
@@ -23,20 +21,11 @@ import pytest
 
 import fastbody
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from trees import ROOT, copy_source, venv_seeing_this_environment
+
 ENV = {**os.environ, "PIP_NO_INPUT": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
 # What a source tree holds that is not source: never copied into a build, never in a dist.
-NOT_SOURCE: tuple[str, ...] = (
-    ".git",
-    ".venv",
-    "build",
-    "dist",
-    "*.egg-info",
-    "__pycache__",
-    "*.pyc",
-    ".*_cache",
-)
-NOT_SOURCE += ("bench-results", "upstream")  # tests/uvicorn_suite/upstream: a clone made by .ci
 
 
 @pytest.mark.parametrize("editable", [False, True], ids=["regular", "editable"])
@@ -71,7 +60,7 @@ def dists(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path
         )
     tmp = tmp_path_factory.mktemp("dists")
     source = tmp / "source"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*NOT_SOURCE))
+    copy_source(source)
     # No isolation: offline, with this environment's setuptools (the test extras pin >= 77).
     command = [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(tmp / "dist"), str(source)]
     built = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ENV)
@@ -153,7 +142,7 @@ def test_sdist_tests_run(dists: tuple[Path, Path], tmp_path: Path) -> None:
         else:
             archive.extractall(tmp_path)
     (tree,) = tmp_path.glob("fastbody-*")
-    python = _fresh_venv(tmp_path / "venv")
+    python = venv_seeing_this_environment(tmp_path / "venv")
     command = [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", "."]
     subprocess.run(command, check=True, cwd=tree, timeout=180, env=ENV)
     probe = "import fastbody, fastbody.integrations as i; print(fastbody.__file__); print(i.__file__)"
@@ -169,24 +158,6 @@ def test_sdist_tests_run(dists: tuple[Path, Path], tmp_path: Path) -> None:
     ran = subprocess.run(command, capture_output=True, text=True, cwd=tree, timeout=300, env=ENV)
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     assert " passed" in ran.stdout and "skipped" not in ran.stdout, ran.stdout[-1000:]
-
-
-def _fresh_venv(folder: Path) -> Path:
-    """A new venv that sees this environment's packages (pytest, gunicorn, setuptools, pip...)
-    without network installs. ``--system-site-packages`` would give the *base* interpreter's
-    packages when the tests run in a venv, so a .pth file names this environment's site dirs
-    instead; its .pth files (this checkout's editable finder) are not run from there."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True, timeout=120)
-    python = folder / "bin" / "python"
-    site = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    ours = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
-    Path(site, "this-environment.pth").write_text("".join(f"{path}\n" for path in ours))
-    return python
 
 
 # A folder named fastbody that shadows the engine
@@ -235,7 +206,7 @@ def checkout_folder(tmp_path: Path) -> Path:
     if Path(fastbody.__file__).resolve().parent != ROOT / "fastbody":
         pytest.skip("fastbody is not installed editable from this tree: a checkout folder shadows only that")
     work = tmp_path / "work"
-    shutil.copytree(ROOT, work / "fastbody", ignore=shutil.ignore_patterns(*NOT_SOURCE))
+    copy_source(work / "fastbody")
     return work
 
 

@@ -25,7 +25,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -35,20 +34,9 @@ pytest.importorskip("gunicorn")
 pytest.importorskip("uvicorn")
 
 from servers import accepts, free_port, launch, stop, wait_until
+from trees import ROOT, copy_source, venv_seeing_this_environment
 
-ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
-NOT_SOURCE: tuple[str, ...] = (
-    ".git",
-    ".venv",
-    "build",
-    "dist",
-    "*.egg-info",
-    "__pycache__",
-    "*.pyc",
-    ".*_cache",
-)
-NOT_SOURCE += ("bench-results", "upstream")
 
 
 def code_blocks(text: str) -> list[tuple[str, str]]:
@@ -59,17 +47,6 @@ def code_blocks(text: str) -> list[tuple[str, str]]:
 
 
 # The quick start
-
-
-def _venv(folder: Path) -> Path:
-    """``python3 -m venv .venv``, seeing this environment's packages (see the module's doc)."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True, timeout=120)
-    python = folder / "bin" / "python"
-    probe = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-    site = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, check=True)
-    ours = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
-    Path(site.stdout.strip(), "this-environment.pth").write_text("".join(f"{path}\n" for path in ours))
-    return python
 
 
 def quick_start() -> tuple[list[list[str]], list[str]]:
@@ -84,7 +61,7 @@ def test_quick_start_runs(tmp_path: Path) -> None:
     if shutil.which("curl") is None:
         pytest.skip("the curl command is not installed (Debian package curl; .ci/run installs it)")
     tree = tmp_path / "fastbody"
-    shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(*NOT_SOURCE))
+    copy_source(tree)
     lines, curls = quick_start()
     assert curls, "the quick start names a file to fetch"
     served = False
@@ -92,7 +69,7 @@ def test_quick_start_runs(tmp_path: Path) -> None:
         for step in line:
             words = shlex.split(step)
             if words[:3] == ["python3", "-m", "venv"]:
-                _venv(tree / words[3])
+                venv_seeing_this_environment(tree / words[3])
             elif words[0].endswith("/pip") and words[1] == "install":
                 assert words[-2:][0] == "-e" and words[-1].startswith("."), step
                 python = Path(words[0]).parent / "python"
