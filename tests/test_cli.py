@@ -417,17 +417,25 @@ def test_send_timeout_cuts_off_a_client_that_stops_reading(
     assert "Traceback" not in output, output
 
 
-@pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
+@pytest.mark.parametrize(("server", "workers"), [("uvicorn", "1"), ("uvicorn", "2"), ("gunicorn", "2")])
 def test_serve_metrics_port_adds_up_every_worker(
-    site: tuple[Path, bytes], tmp_path: Path, server: str
+    site: tuple[Path, bytes], tmp_path: Path, server: str, workers: str
 ) -> None:
-    """``--metrics-port``: the counters of both workers, scraped from the launcher (uvicorn) or
-    gunicorn's master, add up to the bytes served."""
+    """``--metrics-port``: the counters of every worker, scraped from the launcher (uvicorn, the
+    one worker itself when there is one) or gunicorn's master, add up to the bytes served."""
     pytest.importorskip("prometheus_client", reason="prometheus_client not installed (fastbody[metrics])")
     root, data = site
     metrics = free_port()
     command = fastbody(
-        "serve", str(root), "--server", server, "--workers", "2", "--metrics-port", str(metrics), tmp=tmp_path
+        "serve",
+        str(root),
+        "--server",
+        server,
+        "--workers",
+        workers,
+        "--metrics-port",
+        str(metrics),
+        tmp=tmp_path,
     )
     fetches = 6
     try:

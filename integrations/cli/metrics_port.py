@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib.util
 import os
 import tempfile
 
@@ -28,10 +29,10 @@ def prepare(args: argparse.Namespace) -> None:
     """In the launcher, before the server starts: check the extra, share the workers' counts."""
     if args.metrics_port is None:
         return
-    try:
-        import prometheus_client  # noqa: F401
-    except ImportError:
-        raise UsageError("--metrics-port needs prometheus_client: pip install 'fastbody[metrics]'") from None
+    # Not imported here: prometheus_client picks how it keeps values (in memory, or in the
+    # directory's files) when first imported, so the variable must be set before that.
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise UsageError("--metrics-port needs prometheus_client: pip install 'fastbody[metrics]'")
     directory = os.environ.get(MULTIPROC_DIR) or tempfile.mkdtemp(prefix="fastbody-metrics-")
     os.makedirs(directory, exist_ok=True)
     for stale in glob.glob(os.path.join(directory, "*.db")):  # counts of an earlier run
