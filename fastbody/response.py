@@ -9,8 +9,9 @@ in ``stats()`` and returns the exact count, or raises a ``TransferError`` carryi
 The writer also knows when its response ended, and how: subscribers of
 ``fastbody.counters.subscribe`` hear it once per response (``outcome_of`` says how a failure is
 told). A body ends when its last piece went out (``last=True``, ``end()``) or its Content-Length
-is filled (a server that writes the body's end itself, as uvicorn does), when a piece fails, or
-when the integration says its source failed between pieces (``source_failed``). A writer whose
+is filled (a server that writes the body's end itself), or when a piece fails; an integration
+that knows better (a response spanning writers, a failure it can blame on an upstream) makes
+its writers with ``reports=False`` and tells ``counters.response_ended`` itself. A writer whose
 head is a request line (a proxy forwarding a request body upstream) is no response.
 
     writer = ResponseWriter(sock, framing, head=head_bytes, timeout=30)
@@ -73,7 +74,9 @@ class ResponseWriter:
     byte (the response head, when the integration has not sent it itself). ``timeout``: the
     seconds a piece may make no progress (nothing read, nothing written) before
     ``TransferTimeout``. ``kernel=False``: copy every byte (no sendfile, no splice).
-    ``sent``: the body bytes sent so far, framing bytes not counted.
+    ``reports=False``: the caller tells ``counters.response_ended`` itself (a response whose
+    body spans several writers, or whose failure it can name better: an upstream's).
+    ``sent``: the body bytes sent so far, framing bytes not counted; ``paths``: them by path.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class ResponseWriter:
         timeout: float | None = None,
         kernel: bool = True,
         pool: PipePool = default_pool,
+        reports: bool = True,
     ) -> None:
         self.sock = sock
         self.framing = writer_for(framing) if isinstance(framing, Framing) else framing
@@ -97,7 +101,7 @@ class ResponseWriter:
         self._piece: Progress | None = None  # the piece under way (or the last that failed)
         self._moved = dict.fromkeys(counters.PATHS, 0)  # this response's body bytes by path
         # Observers hear of its end once (none listening, or a request's body: never).
-        self._observed = counters.listening() and not _request_line(head)
+        self._observed = reports and counters.listening() and not _request_line(head)
         self._socket_source = False  # the last piece came from a socket (an upstream's answer)
 
     @property
@@ -158,12 +162,6 @@ class ResponseWriter:
 
     async def aend(self) -> None:
         await self.asend(b"", last=True)
-
-    def source_failed(self) -> None:
-        """The body's source failed between pieces, outside the writer (an iterable of pieces
-        that raised: the proxy's upstream): the response ends, as ``upstream``."""
-        self.ended = True
-        self._report(counters.UPSTREAM)
 
     def _pump(
         self, source: object, offset: int | None, count: int | None, last: bool, blocking: bool

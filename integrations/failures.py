@@ -9,6 +9,8 @@ import socket
 from collections.abc import Iterable
 
 import fastbody
+import fastbody.counters
+import fastbody.response
 
 
 class SourceFailed(fastbody.IncompleteTransfer):
@@ -43,6 +45,16 @@ def blame(
     if isinstance(error, fastbody.PeerClosedError) and client is not None and _connected(client):
         return SourceFailed.of("reset", error.sent, None, error.errno)
     return error
+
+
+def outcome(error: BaseException | None) -> str:
+    """How a response ended (``fastbody.counters.OUTCOMES``), for an integration that reports
+    it itself: complete, or its failure as ``blame`` named it (an upstream's is ``upstream``)."""
+    if error is None:
+        return fastbody.counters.COMPLETE
+    if isinstance(error, SourceFailed):
+        return fastbody.counters.UPSTREAM
+    return fastbody.response.outcome_of(error)
 
 
 def _is_socket(source: object) -> bool:

@@ -59,7 +59,7 @@ from gunicorn.workers.sync import SyncWorker
 import fastbody
 import fastbody.plan
 
-from .failures import blame, log_broken, paths_label
+from .failures import blame, log_broken, outcome, paths_label
 from .files.answer import FileRange
 from .files.handoff import Handoff
 from .files.wsgi import FileParts, HandoffMiddleware, sliced_file, werkzeug_range
@@ -183,12 +183,14 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
         self.chunked = framing.delimit is fastbody.framing.Delimit.CHUNKED  # gunicorn's head says so
         if framing.close:
             self.force_close()
+        # reports=False: the response's end is told below, its failure blamed on the right side.
         writer = fastbody.ResponseWriter(
             self.sock,
             framing,
             head=self._head(),
             timeout=self._timeout(),
             kernel=self.cfg.sendfile is not False,
+            reports=False,
         )
         count = known
         if framing.delimit is fastbody.framing.Delimit.LENGTH:  # never past the app's length, nor length=
@@ -197,6 +199,7 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
         small = count is not None and count < fastbody.plan.SMALL_BODY
         guard = self.heartbeat if self.heartbeat is not None and not small else nullcontext()
         current: object = described  # the source of the piece under way: who failed, if one does
+        failure: BaseException | None = None
         try:
             with guard:
                 if self._omits_body:
@@ -212,10 +215,16 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
                 else:
                     writer.send(described, count=count, last=True)
         except fastbody.TransferError as error:
-            self._broken(blame(error, current, self.sock), framing.length)
+            failure = blame(error, current, self.sock)
+            self._broken(failure, framing.length)
         except fastbody.framing.FramingError as error:  # pieces longer than the app's length
-            self._broken(fastbody.TransferError.make(None, str(error), writer.sent), framing.length)
+            failure = fastbody.TransferError.make(None, str(error), writer.sent)
+            self._broken(failure, framing.length)
+        except BaseException as error:  # (an app's pieces that raised: told, then let out)
+            failure = error
+            raise
         finally:
+            fastbody.counters.response_ended(writer.paths, outcome(failure))
             self.sent = writer.sent
             self.ended = True  # the writer ended the body (or it broke): close() adds nothing
             if self.environ is not None:  # gunicorn logs after close(): %({fastbody.path}e)s
@@ -274,7 +283,6 @@ def _pieces_of(pieces: Pieces, writer: fastbody.ResponseWriter) -> Iterator[Piec
             piece = next(pieces.pieces, None)
         except fastbody.TransferError as error:
             error.sent += writer.sent
-            writer.source_failed()  # observers (metrics) hear the response ended: upstream
             raise
         if piece is None:
             return

@@ -247,18 +247,26 @@ def test_a_socket_source_that_ends_early_is_upstream(heard: Heard) -> None:
     assert heard.responses == [("splice", "upstream")]
 
 
-def test_a_source_that_fails_between_pieces_is_upstream(heard: Heard) -> None:
-    """gunicorn's Pieces (the WSGI proxy's chunks) raise outside the writer: it is told."""
+def test_an_integration_that_reports_itself(heard: Heard) -> None:
+    """``reports=False``: the writer tells nobody; the integration (a response spanning writers,
+    an upstream it can blame: gunicorn's Pieces, uvicorn's messages) tells once, its way."""
+    from fastbody.integrations.failures import SourceFailed, outcome
+
     server, client = tcp_pair()
     with server, client:
         receiver = Receiver(client)
-        writer = fastbody.ResponseWriter(server, framing.Framing(framing.Delimit.CHUNKED), head=HEAD)
+        writer = fastbody.ResponseWriter(
+            server, framing.Framing(framing.Delimit.CHUNKED), head=HEAD, reports=False
+        )
         writer.send(b"a" * 1000)
-        writer.source_failed()
-        writer.source_failed()  # once only
+        writer.end()
+        assert heard.responses == []
+        counters.response_ended(writer.paths, outcome(SourceFailed.of("reset", 1000, None)))
         server.close()
         receiver.result()
     assert heard.responses == [("copy", "upstream")]
+    assert outcome(None) == "complete"
+    assert outcome(fastbody.PeerClosedError.make(None, "gone", 0)) == "client_gone"
 
 
 def test_an_app_iterator_that_raises_is_error(heard: Heard) -> None:

@@ -32,7 +32,7 @@ import fastbody
 from fastbody.framing import BodyWriter, ChunkedWriter, CloseWriter, LengthWriter
 
 from ..asgi import EXTENSIONS, PATHSEND, ZEROCOPYSEND
-from ..failures import blame, log_broken, paths_label
+from ..failures import blame, log_broken, outcome, paths_label
 
 TLS_CHUNK = 256 << 10
 """Bytes per body message when the bytes must pass through the transport (TLS)."""
@@ -192,8 +192,9 @@ class ZeroCopySend:
         self.transfer: asyncio.Future[Any] | None = None
         self.status = 0
         self.sent = 0  # body bytes sent, by uvicorn or the engine
-        self.paths: list[str] = []  # the paths that moved them (names of fastbody.stats())
-        self.ended = False  # the response's access line is written (or not wanted)
+        self.moved: dict[str, int] = {}  # them by the path that moved them, first used first
+        self.engine = False  # the engine sent some of it (a zero-copy message): a response it reports
+        self.ended = False  # the response's end is told (its access line, the counters)
 
     async def __call__(self, message: Any) -> None:
         kind = message["type"]
@@ -207,11 +208,10 @@ class ZeroCopySend:
             if self.declared is not None:
                 self.declared -= size
             if size and not self.cycle.disconnected and self.cycle.scope["method"] != "HEAD":
-                self.sent += size  # (uvicorn drops body messages to a closed connection)
-                self.paths.append("copy")
+                self._count({"copy": size})  # (uvicorn drops body messages to a closed connection)
             await self.cycle.send(message)
             if self.cycle.response_complete:
-                self._log_access()
+                self._end(None)
 
     async def release(self, length: int | None = None) -> None:
         """Send the held head, if any (with ``Content-Length: length`` when known)."""
@@ -252,6 +252,7 @@ class ZeroCopySend:
             raise RuntimeError(
                 f"Unexpected ASGI message '{message['type']}' sent, after response already completed."
             )
+        self.engine = True
         with self._refused_before_head(), described(message) as (source, more_body):
             if cycle.disconnected:
                 self._gone(
@@ -261,7 +262,7 @@ class ZeroCopySend:
             await self.release(None if more_body else source.length)
             if cycle.scope["method"] != "HEAD":
                 try:
-                    sent = await self._send_body(source, more_body) if source.length != 0 else 0
+                    sent = await self._send_body(source) if source.length != 0 else 0
                     if not more_body and self.declared:
                         # The last body message leaves the Content-Length unfilled (a file that
                         # shrank after its head was made): never a short body passed off.
@@ -269,15 +270,16 @@ class ZeroCopySend:
                 except fastbody.TransferError as error:
                     self._gone(message, self._broken(error, source))
                     return
-                except BaseException:
+                except BaseException as error:
                     # Cancelled (or failed) part-way: uvicorn's framing counted the whole piece,
                     # so the connection cannot carry another byte of this response, nor another.
                     cycle.disconnected = True
                     cycle.transport.abort()
+                    self._end(error)
                     raise
         await cycle.send({"type": "http.response.body", "body": b"", "more_body": more_body})
         if cycle.response_complete:
-            self._log_access()
+            self._end(None)
 
     @contextmanager
     def _refused_before_head(self) -> Iterator[None]:
@@ -297,10 +299,9 @@ class ZeroCopySend:
         if message["type"] != PATHSEND or isinstance(error, fastbody.IncompleteTransfer):
             raise error
 
-    async def _send_body(self, source: fastbody.Source, more_body: bool) -> int:
+    async def _send_body(self, source: fastbody.Source) -> int:
         """The body bytes of ``source`` sent on the connection (all of them, or it raises)."""
         if is_ssl(self.cycle.transport):
-            self.paths.append("copy")
             return await self._copy_through_transport(source)
         framing = self._framing()
         if source.length is None and framing.remaining is not None:  # a stream under a Content-Length
@@ -309,14 +310,13 @@ class ZeroCopySend:
         if self.cycle.disconnected:  # gone while its head was being sent
             raise fastbody.PeerClosedError.make(None, "the client went away", 0)
         sock = self.cycle.transport.get_extra_info("socket")
-        writer = fastbody.ResponseWriter(sock, framing, timeout=self.send_timeout)
+        # reports=False: this response may span several writers and uvicorn's own messages; its
+        # end (and how it ended, blamed on the right side) is told once, by ``_end``.
+        writer = fastbody.ResponseWriter(sock, framing, timeout=self.send_timeout, reports=False)
         try:
-            # last: the response ends with this body (uvicorn writes its end; the writer then
-            # knows the response is complete, for the metrics).
-            return await self._until_lost(writer.asend(source, last=not more_body), lambda: writer.sent)
+            return await self._until_lost(writer.asend(source), lambda: writer.sent)
         finally:
-            self.paths += writer.paths  # what really moved them, a fallback to copy included
-            self.sent += writer.sent
+            self._count(writer.paths)  # what really moved them, a fallback to copy included
             if self.declared is not None:
                 self.declared -= writer.sent
 
@@ -374,7 +374,7 @@ class ZeroCopySend:
                     raise fastbody.PeerClosedError.make(None, "the client went away", sent)
                 await self.cycle.send({"type": "http.response.body", "body": chunk, "more_body": True})
                 sent += len(chunk)
-                self.sent += len(chunk)
+                self._count({"copy": len(chunk)})  # (counted under copy by achunks too)
                 if self.declared is not None:
                     self.declared -= len(chunk)
         finally:
@@ -394,25 +394,38 @@ class ZeroCopySend:
         request = f"{cycle.scope['method']} {cycle.scope['path']}"
         expected = None if self.declared is None else error.sent + self.declared
         log_broken(log, error, expected, request, self.send_timeout)
-        self._log_access()
+        self._end(error)
         logger = cycle.logger
         if not isinstance(logger, _ReportedErrors):
             logger = cycle.logger = _ReportedErrors(logger)
         logger.reported.append(error)
         return error
 
+    def _count(self, moved: dict[str, int]) -> None:
+        """Body bytes that went out, by the path that moved them."""
+        for path, count in moved.items():
+            self.moved[path] = self.moved.get(path, 0) + count
+            self.sent += count
+
+    def _end(self, error: BaseException | None) -> None:
+        """The response ended (``error``: how it broke, blamed on its side): told once, to the
+        counters' subscribers when the engine sent some of it, and in the access line."""
+        if self.ended:
+            return
+        self.ended = True
+        if self.engine:
+            fastbody.counters.response_ended(self.moved, outcome(error))
+        self._log_access()
+
     def _log_access(self) -> None:
         """The response's line beside uvicorn's access line (which uvicorn writes when the head
         goes, before any byte of the body): the same fields, then the body bytes sent and the
         paths that moved them. Written when uvicorn's access log is on (not
-        ``--no-access-log``, and ``uvicorn.access`` enabled for INFO), once per response."""
-        if self.ended:
-            return
-        self.ended = True
+        ``--no-access-log``, and ``uvicorn.access`` enabled for INFO)."""
         cycle = self.cycle
         if not (cycle.access_log and cycle.access_logger.isEnabledFor(logging.INFO)):
             return
-        scope, paths = cycle.scope, paths_label(self.paths)
+        scope, paths = cycle.scope, paths_label(self.moved)
         log.info(
             'fastbody: %s - "%s %s HTTP/%s" %d %d bytes%s',
             get_client_addr(scope),
