@@ -63,6 +63,12 @@ def readable_now(source: object) -> bool:
     return syscalls.readable_now(_fd(source))
 
 
+def hung_up(sock: object) -> bool:
+    """Whether the peer of the socket ``sock`` closed or reset it; bytes it sent and nobody
+    read yet (a pipelined request) are no hang-up, unlike ``readable_now``."""
+    return syscalls.hung_up(_fd(sock))
+
+
 def read_some(source: object, size: int) -> bytes:
     """Up to ``size`` bytes of ``source`` (a socket, a pipe, a file, any object with ``read``),
     read the ordinary way: for code that must hand bytes to someone else (an iterator that

@@ -232,6 +232,14 @@ def readable_now(fd: int) -> bool:
     return bool(poller.poll(0))
 
 
+def hung_up(fd: int) -> bool:
+    """Whether the peer of the socket ``fd`` closed or reset it (``POLLRDHUP``, ``POLLHUP``,
+    ``POLLERR``), whatever unread bytes still wait (a pipelined request is no hang-up)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+    return bool(poller.poll(0))
+
+
 def pending_bytes(fd: int) -> int:
     """How many bytes wait to be read from the socket or pipe ``fd`` (``FIONREAD``)."""
     size = bytearray(4)
@@ -302,10 +310,7 @@ def new_pipe(size: int) -> tuple[int, int, int]:
     the pipe small, so the size is read back rather than trusted.
     """
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-    with suppress(OSError):  # EPERM past pipe-max-size or the user's budget: keep the size it has
-        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, size)
-    real_size = fcntl.fcntl(write_fd, fcntl.F_GETPIPE_SZ)
-    return read_fd, write_fd, real_size
+    return read_fd, write_fd, grow_pipe(write_fd, size)
 
 
 def grow_pipe(fd: int, size: int) -> int:
@@ -317,9 +322,21 @@ def grow_pipe(fd: int, size: int) -> int:
     current: int = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
     if current >= size:
         return current
-    with suppress(OSError):
-        current = fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+    # Past pipe-max-size an unprivileged process is refused outright (EPERM): ask for at most
+    # that, so a large configured size still gets the largest pipe allowed, not the smallest.
+    for asked in dict.fromkeys((size, min(size, pipe_max_size()))):
+        with suppress(OSError):
+            return max(current, int(fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, asked)))
     return current
+
+
+def pipe_max_size() -> int:
+    """The largest pipe an unprivileged process may ask for (``/proc/sys/fs/pipe-max-size``)."""
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as limit:
+            return int(limit.read())
+    except (OSError, ValueError):
+        return 1 << 20  # Linux's default
 
 
 def dup(fd: int) -> int:

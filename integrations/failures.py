@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 import fastbody
 import fastbody.counters
+import fastbody.readiness
 import fastbody.response
 
 
@@ -36,7 +37,7 @@ def blame(
     """``error`` as the side that failed. ``source``: the body's source (a ``fastbody.Source``,
     or the object handed over). The engine says ``PeerClosedError`` for a socket reset by its
     peer whichever socket it was; when the source is a socket and the ``client`` is still
-    connected (not readable: no end, no error waiting), it was the source's peer, an upstream.
+    connected (not hung up: no end, no error waiting), it was the source's peer, an upstream.
     A socket source that ended before its count is an upstream that closed early."""
     if not _is_socket(source) or isinstance(error, SourceFailed):
         return error
@@ -64,8 +65,10 @@ def _is_socket(source: object) -> bool:
 
 
 def _connected(client: socket.socket) -> bool:
+    """The client still there: not closed, reset or hung up (bytes it sent and nobody read, a
+    pipelined request, are no sign it left)."""
     try:
-        return client.fileno() >= 0 and not fastbody.readable_now(client)
+        return client.fileno() >= 0 and not fastbody.readiness.hung_up(client)
     except (OSError, ValueError):
         return False
 

@@ -3,9 +3,11 @@ and the engine honouring what was configured (on real sockets, told by ``fastbod
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -200,3 +202,33 @@ def test_pipe_pool_size_is_honoured() -> None:
     assert send(feed_socket(data), count=len(data)) == (len(data), len(data), sha256(data))
     assert moved() == {"copy": len(data)}
     assert pipes.default_pool.acquire() is None
+
+
+UNPRIVILEGED = ["setpriv", "--bounding-set=-sys_resource", "--inh-caps=-sys_resource"]
+SPLICED = """
+import socket, threading, fastbody
+size = 4 << 20
+up_a, up_b = socket.socketpair()
+down_a, down_b = socket.socketpair()
+threading.Thread(target=lambda: (up_a.sendall(b"x" * size), up_a.close())).start()
+drain = threading.Thread(target=lambda: [None for _ in iter(lambda: down_b.recv(1 << 20), b"")])
+drain.start()
+fastbody.transfer(down_a, up_b, count=size)
+down_a.close()
+drain.join()
+print(dict(fastbody.stats()))
+"""
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) not installed")
+def test_a_pipe_size_past_pipe_max_size_still_splices_unprivileged() -> None:
+    """``F_SETPIPE_SZ`` past ``/proc/sys/fs/pipe-max-size`` is EPERM without CAP_SYS_RESOURCE:
+    the pipe then gets the largest size allowed, not the 64 KiB it was born with (too small to
+    splice through, so every socket body was copied)."""
+    env = {**os.environ, "FASTBODY_PIPE_SIZE": "4MiB"}
+    result = subprocess.run(
+        [*UNPRIVILEGED, sys.executable, "-c", SPLICED], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    moved = ast.literal_eval(result.stdout.strip().splitlines()[-1])
+    assert moved["splice"] == 4 << 20 and moved["copy"] == 0, moved

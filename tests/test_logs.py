@@ -340,3 +340,18 @@ def test_gunicorn_upstream_reset_is_an_upstream_failure(gunicorn: Server) -> Non
     wait_until(lambda: "fastbody: upstream reset after" in mark.new(), 5, "the reset logged")
     assert "went away" not in mark.new()
     quiet(mark.new())
+
+
+def test_blame_with_a_pipelined_request_waiting() -> None:
+    """A client with a pipelined request unread is still there: the reset was the upstream's."""
+    from fastbody import PeerClosedError
+    from fastbody.integrations.failures import SourceFailed, blame
+
+    client, client_peer = socket.socketpair()
+    upstream, upstream_peer = socket.socketpair()
+    with client, client_peer, upstream, upstream_peer:
+        client_peer.sendall(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")  # waiting, unread
+        reset = PeerClosedError.make(104, "reset", 262144)
+        assert isinstance(blame(reset, upstream, client), SourceFailed)
+        client_peer.close()  # now the client has gone: its own
+        assert not isinstance(blame(reset, upstream, client), SourceFailed)

@@ -481,3 +481,17 @@ def test_pending_at_a_pipe_end_leaks_no_fd() -> None:
         assert len(os.listdir("/proc/self/fd")) == before
     finally:
         os.close(read_fd)
+
+
+def test_hung_up_is_the_peer_gone_not_bytes_waiting() -> None:
+    """``readiness.hung_up``: a peer that sent bytes nobody read (a pipelined request) has not
+    gone; one that closed or reset has (``failures.blame`` tells an upstream's reset by it)."""
+    from fastbody.readiness import hung_up, readable_now
+
+    here, there = socket.socketpair()
+    with here, there:
+        assert not hung_up(here)
+        there.sendall(b"GET /next HTTP/1.1\r\n\r\n")
+        assert readable_now(here) and not hung_up(here)
+        there.close()
+        assert hung_up(here)

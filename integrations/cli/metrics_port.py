@@ -10,9 +10,11 @@ stale files, or a new temporary one) before anything imports prometheus_client, 
 from __future__ import annotations
 
 import argparse
+import atexit
 import glob
 import importlib.util
 import os
+import shutil
 import tempfile
 
 from .usage import UsageError
@@ -33,7 +35,12 @@ def prepare(args: argparse.Namespace) -> None:
     # directory's files) when first imported, so the variable must be set before that.
     if importlib.util.find_spec("prometheus_client") is None:
         raise UsageError("--metrics-port needs prometheus_client: pip install 'fastbody[metrics]'")
-    directory = os.environ.get(MULTIPROC_DIR) or tempfile.mkdtemp(prefix="fastbody-metrics-")
+    directory = os.environ.get(MULTIPROC_DIR)
+    if not directory:
+        directory = tempfile.mkdtemp(prefix="fastbody-metrics-")
+        # Removed when the launcher exits (uvicorn's); gunicorn's master is this process after an
+        # exec and leaves it behind in the temporary directory.
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
     os.makedirs(directory, exist_ok=True)
     for stale in glob.glob(os.path.join(directory, "*.db")):  # counts of an earlier run
         os.unlink(stale)

@@ -19,16 +19,20 @@ own rules. ``worker.FastUvicornWorker`` is gunicorn's uvicorn worker on these pr
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .._imports import colon_form
 from ..asgi import EXTENSIONS, PATHSEND, SPLICESEND, ZEROCOPYSEND
 from .protocols import AutoProtocol, H11Protocol, HttpToolsProtocol
-from .send import ZeroCopySend, declared_length, holds_start, with_content_length
+from .send import SEND_TIMEOUT, ZeroCopySend, declared_length, holds_start, with_content_length
 
-__getattr__ = colon_form(__name__)  # -k fastbody.integrations.uvicorn.worker:FastUvicornWorker
+if not TYPE_CHECKING:  # (a module __getattr__ would make every missing name Any to mypy)
+    __getattr__ = colon_form(__name__)  # -k fastbody.integrations.uvicorn.worker:FastUvicornWorker
 
 __all__ = [
     "EXTENSIONS",
     "PATHSEND",
+    "SEND_TIMEOUT",
     "SPLICESEND",
     "ZEROCOPYSEND",
     "AutoProtocol",

@@ -34,6 +34,10 @@ from fastbody.framing import BodyWriter, ChunkedWriter, CloseWriter, LengthWrite
 from ..asgi import EXTENSIONS, PATHSEND, ZEROCOPYSEND
 from ..failures import blame, log_broken, outcome, paths_label
 
+SEND_TIMEOUT = fastbody.config.current().send_timeout
+"""The send timeout in force when this module was imported (``FASTBODY_SEND_TIMEOUT``), kept
+for code that imported it; each ``ZeroCopySend`` reads the current one (``fastbody.configure``)."""
+
 TLS_CHUNK = 256 << 10
 """Bytes per body message when the bytes must pass through the transport (TLS)."""
 
