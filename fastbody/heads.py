@@ -10,6 +10,7 @@ asyncio loop. Callers compose steps (``yield from``) into their own and run the 
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Generator
 from typing import Any, TypeVar
@@ -26,25 +27,42 @@ class HeadTooLarge(ValueError):
     """No terminator within the limit."""
 
 
+BLANK_LINE = re.compile(b"\n\r?\n")
+"""Where h11 ends a head: at the first blank line, a bare LF counting as a line's end (RFC 9112
+2.2 lets a recipient take one). A head must be taken off the socket exactly there: a reader that
+ended it elsewhere (at the first CRLF CRLF) would take body bytes for head, or head for body."""
+
+
 def take_through(sock: socket.socket, terminator: bytes, limit: int) -> Step[bytes]:
     """The bytes up to and including the first ``terminator``, and not one byte more; fewer
     (without the terminator, ``b""`` for none) when the peer closes first. ``HeadTooLarge``
     when ``limit`` bytes came without it."""
+    return (yield from take_until(sock, re.compile(re.escape(terminator)), len(terminator), limit))
+
+
+def take_head(sock: socket.socket, limit: int) -> Step[bytes]:
+    """``take_through`` the first blank line as h11 finds it (``BLANK_LINE``)."""
+    return (yield from take_until(sock, BLANK_LINE, 3, limit))
+
+
+def take_until(sock: socket.socket, end: re.Pattern[bytes], longest: int, limit: int) -> Step[bytes]:
+    """The bytes up to and including the first match of ``end`` (no match longer than
+    ``longest`` bytes), and not one byte more; as ``take_through`` otherwise."""
     taken = b""
-    keep = len(terminator) - 1  # a terminator may begin in what was taken already
+    keep = longest - 1  # a match may begin in what was taken already
     while True:
-        seen = syscalls.peek(sock, limit + len(terminator) - len(taken))
+        seen = syscalls.peek(sock, limit + longest - len(taken))
         if seen is None:
             yield Wait(sock.fileno(), Event.READ)
             continue
         if not seen:
             return taken
-        found = (taken[-keep:] + seen if keep else seen).find(terminator)
-        if found >= 0:
-            need = found + len(terminator) - min(len(taken), keep)
-            return taken + syscalls.take(sock, need)
+        tail = taken[-keep:] if keep else b""
+        found = end.search(tail + seen)
+        if found:
+            return taken + syscalls.take(sock, found.end() - len(tail))
         if len(taken) + len(seen) > limit:
-            raise HeadTooLarge(f"no {terminator!r} within {limit} bytes")
+            raise HeadTooLarge(f"no {end.pattern!r} within {limit} bytes")
         taken += syscalls.take(sock, len(seen))
 
 

@@ -19,7 +19,7 @@ import h11
 import fastbody
 from fastbody import framing
 from fastbody.framing import Delimit, Framing
-from fastbody.heads import HeadTooLarge, Step, take_through
+from fastbody.heads import HeadTooLarge, Step, take_head, take_through
 
 MAX_HEAD = 64 << 10
 """The largest upstream response head accepted (larger: 502)."""
@@ -137,12 +137,16 @@ def forwarded_headers(
 # Reading: engine steps, parsed here
 
 
-def _take_through(sock: socket.socket, terminator: bytes, limit: int, what: str) -> Step[bytes]:
+def _take_through(sock: socket.socket, terminator: bytes | None, limit: int, what: str) -> Step[bytes]:
+    """The bytes through ``terminator`` (None: a head's blank line, where h11 finds it)."""
     try:
-        taken = yield from take_through(sock, terminator, limit)
+        if terminator is None:
+            taken = yield from take_head(sock, limit)
+        else:
+            taken = yield from take_through(sock, terminator, limit)
     except HeadTooLarge:
         raise UpstreamError(f"upstream {what} larger than {limit} bytes") from None
-    if not taken.endswith(terminator):
+    if not taken.endswith(terminator or b"\n"):
         if not taken and what == "response head":
             raise UpstreamClosed("upstream closed the connection before responding")
         raise UpstreamError(f"upstream closed the connection inside the {what}")
@@ -151,9 +155,13 @@ def _take_through(sock: socket.socket, terminator: bytes, limit: int, what: str)
 
 def _raw_fields(head: bytes) -> list[tuple[bytes, bytes]]:
     """The header fields of a raw head as sent (h11 merges repeated Content-Length fields, which
-    a proxy must refuse rather than forward as if unambiguous)."""
+    a proxy must refuse rather than forward as if unambiguous), its lines split as h11 splits
+    them (at LF, a CR before it dropped); an obsolete line folding is refused (RFC 9112 5.2)."""
     fields = []
-    for line in head.split(b"\r\n")[1:]:
+    for line in head.split(b"\n")[1:]:
+        line = line.removesuffix(b"\r")
+        if line[:1] in (b" ", b"\t"):
+            raise UpstreamError("upstream sent an obsolete line folding in its head")
         name, colon, value = line.partition(b":")
         if colon:
             fields.append((name.strip(), value))
@@ -162,9 +170,11 @@ def _raw_fields(head: bytes) -> list[tuple[bytes, bytes]]:
 
 def read_head(sock: socket.socket, conn: h11.Connection, method: str) -> Step[tuple[h11.Response, Framing]]:
     """The response head (1xx informational heads skipped), parsed by h11, and how its body is
-    delimited; ambiguous framing (the stuff of request smuggling) is refused, never guessed."""
+    delimited; ambiguous framing (the stuff of request smuggling) is refused, never guessed.
+    Each head is taken off the socket exactly where h11 ends it, and h11 must consume every
+    byte taken: a byte it left would be one this proxy and h11 disagree about (502)."""
     while True:
-        head = yield from _take_through(sock, b"\r\n\r\n", MAX_HEAD, "response head")
+        head = yield from _take_through(sock, None, MAX_HEAD, "response head")
         try:
             fields = framing.declared(_raw_fields(head))
         except framing.FramingError as error:
@@ -174,6 +184,8 @@ def read_head(sock: socket.socket, conn: h11.Connection, method: str) -> Step[tu
             event = conn.next_event()
         except h11.RemoteProtocolError as error:
             raise UpstreamError(f"invalid response head from upstream: {error}") from None
+        if conn.trailing_data[0]:
+            raise UpstreamError("upstream response head not where h11 ends it")
         if isinstance(event, h11.Response):
             return event, framing.for_message(method=method, status=event.status_code, declared=fields)
         if not isinstance(event, h11.InformationalResponse) or event.status_code == 101:
