@@ -166,3 +166,19 @@ def test_bare_lf_head_is_read_where_h11_ends_it_or_refused(proxy: Server, path: 
     assert got.body != b"WORLD"
     assert (got.status, got.body, got.complete) in [(200, b"hello", True), (502, b"Bad Gateway\n", True)]
     assert idle(proxy) == 0  # bytes h11 did not consume were in it: never pooled
+
+
+# 2. Statuses
+
+
+@pytest.mark.parametrize("path", ["/status-999", "/status-600"])
+def test_status_outside_100_to_599_is_502(proxy: Server, path: str) -> None:
+    got = get(proxy, path)
+    assert (got.status, got.complete) == (502, True)
+
+
+def test_status_without_a_phrase(proxy: Server) -> None:
+    """299 has no phrase in http.HTTPStatus: uvicorn cannot send it (502); gunicorn can."""
+    got = get(proxy, "/status-299")
+    expected = (299, b"hello") if proxy.kind == "gthread" else (502, b"Bad Gateway\n")  # type: ignore[attr-defined]
+    assert (got.status, got.body, got.complete) == (*expected, True)

@@ -49,6 +49,9 @@ class ReverseProxy(Settings):
     nginx's ``proxy_pass`` does). ``connect_timeout``: seconds to connect (then 502).
     ``response_timeout``: seconds the upstream may take to send the response head, or to make
     progress on the request body (then 504). ``max_idle``: idle kept-alive connections kept.
+
+    An upstream status outside 100-599, or without a phrase in ``http.HTTPStatus`` (one an ASGI
+    server cannot send), is answered 502 (``exchange.sendable``).
     """
 
     def __init__(self, upstream: str, **options: Any) -> None:
@@ -122,7 +125,9 @@ class ReverseProxy(Settings):
         for attempt in range(2):
             sock, reused = await self.pool.acquire()
             try:
-                steps = exchange.steps(sock, _request_body(receive), self.response_timeout, blocking=False)
+                steps = exchange.steps(
+                    sock, _request_body(receive), self.response_timeout, blocking=False, named_only=True
+                )
                 return sock, await arun(steps, self.response_timeout)
             except BaseException as error:
                 sock.close()

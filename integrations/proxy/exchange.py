@@ -8,6 +8,7 @@ the body reaches the client (``splicesend``/``wsgi.file_wrapper``).
 from __future__ import annotations
 
 import asyncio
+import http
 import logging
 import socket
 from dataclasses import dataclass
@@ -147,17 +148,35 @@ class Exchange:
             raise failure(error, timeout) from None
         raise error
 
-    def steps(self, sock: socket.socket, body: Any, timeout: float, *, blocking: bool) -> Step[Answer]:
+    def steps(
+        self, sock: socket.socket, body: Any, timeout: float, *, blocking: bool, named_only: bool
+    ) -> Step[Answer]:
         """Send the request (head, then ``body``: an iterable or async iterable of bytes, framed as
-        the client framed it) and read the answer's head: engine steps for either driver."""
+        the client framed it) and read the answer's head: engine steps for either driver. A
+        status the server in front cannot send (``sendable``; ``named_only`` as there) is a 502."""
         writer = fastbody.ResponseWriter(sock, self.request, head=self.head, timeout=timeout)
         yield from writer.step(body, last=True, blocking=blocking)
         response, delimited = yield from read_head(sock, self.conn, self.method)
+        if not sendable(response.status_code, named_only=named_only):
+            raise UpstreamError(f"upstream answered status {response.status_code}, which is not forwarded")
         first = None
         if delimited.delimit is Delimit.CHUNKED and fastbody.readable_now(sock):
             # One not there yet (an event stream's first event) does not hold the head back.
             first = yield from read_chunk_header(sock)
         return Answer(response, delimited, first)
+
+
+NAMED = frozenset(status.value for status in http.HTTPStatus)
+"""The statuses with a reason phrase in ``http.HTTPStatus``."""
+
+
+def sendable(status: int, *, named_only: bool) -> bool:
+    """Whether an upstream's final status is forwarded (otherwise: 502), one rule for both
+    proxies: 100-599 only (RFC 9110 15: a 3-digit code whose first digit is 1-5), and with
+    ``named_only`` (the ASGI proxy) only one with a phrase in ``http.HTTPStatus``, the statuses
+    every ASGI server can send (uvicorn raised inside ``send`` for 999, leaving the client zero
+    bytes). The WSGI proxy writes the upstream's own phrase, so any 100-599 goes."""
+    return 100 <= status <= 599 and (status in NAMED or not named_only)
 
 
 def failure(error: BaseException, timeout: float) -> UpstreamError:

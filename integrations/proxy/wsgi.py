@@ -30,7 +30,8 @@ StartResponse = Callable[..., Any]
 class WSGIReverseProxy(Settings):
     """The same proxy as a WSGI app (options as ``ReverseProxy``). Under fastbody's gunicorn
     workers every body is spliced (a chunked one chunk by chunk, through ``Pieces``); under
-    another WSGI server the bytes are read and iterated."""
+    another WSGI server the bytes are read and iterated. An upstream status outside 100-599 is
+    answered 502 (``exchange.sendable``); any other is forwarded with the upstream's phrase."""
 
     def __init__(self, upstream: str, **options: Any) -> None:
         super().__init__(upstream, **options)
@@ -78,7 +79,8 @@ class WSGIReverseProxy(Settings):
             try:
                 chunks = iter(lambda: body.read(COPY_CHUNK), b"")
                 return sock, run(
-                    exchange.steps(sock, chunks, self.response_timeout, blocking=True), self.response_timeout
+                    exchange.steps(sock, chunks, self.response_timeout, blocking=True, named_only=False),
+                    self.response_timeout,
                 )
             except BaseException as error:
                 sock.close()
