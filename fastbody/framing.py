@@ -14,12 +14,18 @@ frames a body it sends, ``for_message`` how a received response is delimited (RF
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 _DIGITS = frozenset(b"0123456789")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
+
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+_QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
+_EXTENSIONS = re.compile(rb"(?:[ \t]*;[ \t]*%s(?:[ \t]*=[ \t]*(?:%s|%s))?)*" % (_TOKEN, _TOKEN, _QUOTED))
+"""RFC 9112 7.1.1: ``*( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )``."""
 
 CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
@@ -143,14 +149,17 @@ def for_message(*, method: str | bytes, status: int, declared: Declared) -> Fram
 
 
 def chunk_size(line: bytes) -> int:
-    """The size in a chunk-size line (``1a2b;ext=1\\r\\n``, RFC 9112 7.1); anything else is refused."""
+    """The size in a chunk-size line (``1a2b;ext=1\\r\\n``, RFC 9112 7.1); anything else is
+    refused: the extensions must be the RFC's grammar exactly (tokens, quoted strings, BWS),
+    so a bare CR or LF, a control byte or a stray space in one never passes."""
     if not line.endswith(CRLF):
         raise FramingError(f"invalid chunk-size line: {line[:40]!r}")
-    size, _, extensions = line[:-2].partition(b";")
-    size = size.rstrip(b" \t")
+    line = line[:-2]
+    end = len(line) - len(line.lstrip(b"0123456789abcdefABCDEF"))
+    size, extensions = line[:end], line[end:]
     if not size or len(size) > 15 or not _HEX.issuperset(size):
-        raise FramingError(f"invalid chunk size: {size[:40]!r}")
-    if b"\n" in extensions or b"\r" in extensions or b"\0" in extensions:
+        raise FramingError(f"invalid chunk size: {line[:40]!r}")
+    if not _EXTENSIONS.fullmatch(extensions):
         raise FramingError(f"invalid chunk extension: {extensions[:40]!r}")
     return int(size, 16)
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from fastbody.framing import FramingError, chunk_size
+
 httpx = pytest.importorskip("httpx")
 h11 = pytest.importorskip("h11")
 pytest.importorskip("uvicorn")
@@ -37,34 +39,31 @@ CANNED = {
     "/status-600": b"HTTP/1.1 600 Weird\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
     "/status-299": b"HTTP/1.1 299 Odd\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
     "/chunk-ext-lf": OK + b"Transfer-Encoding: chunked\r\n\r\n5;a\nb\r\nhello\r\n0\r\n\r\n",
+    # Not RFC 9112 7.1.1's chunk-ext grammar (a space inside a name; an empty value).
+    "/chunk-ext-space": OK + b"Transfer-Encoding: chunked\r\n\r\n5;a b\r\nhello\r\n0\r\n\r\n",
+    "/chunk-ext-empty": OK + b"Transfer-Encoding: chunked\r\n\r\n5;a=\r\nhello\r\n0\r\n\r\n",
 }
 
 
 class HostileUpstream(RawServer):
-    """Answers each request by its path: canned bytes (``CANNED``), or bytes sent slowly; then
-    waits (bounded) for the proxy to close the connection, answering nothing more."""
+    """Answers each request on a connection by its path: canned bytes (``CANNED``), or bytes
+    sent slowly; until the proxy closes the connection (or 5 s without a request)."""
 
     def handle(self, conn: socket.socket) -> None:
         with conn:
-            conn.settimeout(10)
+            conn.settimeout(5)
             try:
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    got = conn.recv(65536)
-                    if not got:
-                        return
-                    head += got
-                self.answer(conn, head.split(b" ", 2)[1].decode())
-                conn.settimeout(0.2)
-                deadline = time.monotonic() + 5
-                while time.monotonic() < deadline and not self.stopping.is_set():
-                    try:
-                        if not conn.recv(65536):
+                data = b""
+                while not self.stopping.is_set():
+                    while b"\r\n\r\n" not in data:
+                        got = conn.recv(65536)
+                        if not got:
                             return
-                    except TimeoutError:
-                        continue
+                        data += got
+                    head, _, data = data.partition(b"\r\n\r\n")
+                    self.answer(conn, head.split(b" ", 2)[1].decode())
             except OSError:
-                pass  # the proxy closed first: what some cases test
+                pass  # the proxy closed first (what some cases test), or went quiet
 
     def answer(self, conn: socket.socket, path: str) -> None:
         if path in CANNED:
@@ -73,6 +72,10 @@ class HostileUpstream(RawServer):
             conn.sendall(OK + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
             self.stopping.wait(0.3)
             conn.sendall(b"5;a\nb\r\nworld\r\n0\r\n\r\n")
+        elif path == "/chunk-ext-lf-first-later":  # the head, then (later) a bad first line
+            conn.sendall(OK + b"Transfer-Encoding: chunked\r\n\r\n")
+            self.stopping.wait(0.3)
+            conn.sendall(b"5;a\nb\r\nhello\r\n0\r\n\r\n")
         elif path == "/trickle-head":  # one byte each 0.25 s
             for byte in OK + b"Content-Length: 5\r\n\r\nhello":
                 if self.stopping.wait(0.25):
@@ -182,3 +185,35 @@ def test_status_without_a_phrase(proxy: Server) -> None:
     got = get(proxy, "/status-299")
     expected = (299, b"hello") if proxy.kind == "gthread" else (502, b"Bad Gateway\n")  # type: ignore[attr-defined]
     assert (got.status, got.body, got.complete) == (*expected, True)
+
+
+# 3. Chunk-size lines
+
+
+CHUNK_PATHS = ["/chunk-ext-lf", "/chunk-ext-lf-first-later", "/chunk-ext-lf-later"]
+
+
+@pytest.mark.parametrize("path", [*CHUNK_PATHS, "/chunk-ext-space", "/chunk-ext-empty"])
+def test_chunk_size_line_outside_rfc_9112_is_refused(proxy: Server, path: str) -> None:
+    got = get(proxy, path)
+    if got.status == 502:
+        assert got.complete
+    else:
+        assert got.status == 200 and not got.complete  # the client connection was closed mid-body
+        assert b"world" not in got.body and (path != "/chunk-ext-lf-first-later" or not got.body)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"5;a\nb\r\n", b"5;a b\r\n", b"5;a=\r\n", b"5;=x\r\n", b"5 \r\n", b'5;a="\n"\r\n', b"5;a\x01\r\n"],
+)
+def test_chunk_size_refuses_what_rfc_9112_does_not_allow(line: bytes) -> None:
+    with pytest.raises(FramingError):
+        chunk_size(line)
+
+
+@pytest.mark.parametrize(
+    ("line", "size"), [(b"5;a;b=c\r\n", 5), (b'5 ; a = "x \\" y"\r\n', 5), (b"a;x=1;y\r\n", 10)]
+)
+def test_chunk_size_takes_the_rfc_9112_grammar(line: bytes, size: int) -> None:
+    assert chunk_size(line) == size
