@@ -217,3 +217,13 @@ def test_chunk_size_refuses_what_rfc_9112_does_not_allow(line: bytes) -> None:
 )
 def test_chunk_size_takes_the_rfc_9112_grammar(line: bytes, size: int) -> None:
     assert chunk_size(line) == size
+
+
+# 4. response_timeout is a deadline for the whole head
+
+
+@pytest.mark.parametrize("path", ["/trickle-head", "/processing"])
+def test_response_timeout_bounds_the_whole_head(proxy: Server, path: str) -> None:
+    got = get(proxy, path)
+    assert (got.status, got.complete) == (504, True)
+    assert got.seconds < 1.9

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import fastbody
 from fastbody.framing import Delimit
-from fastbody.heads import arun
+from fastbody.heads import arun, arun_within
 
 from ..asgi import SPLICESEND
 from .exchange import COPY_CHUNK, Answer, Exchange, Headers, Settings, failure, plain, refused
@@ -47,8 +47,9 @@ class ReverseProxy(Settings):
 
     ``preserve_host``: send the client's Host header upstream (default: the upstream's own, as
     nginx's ``proxy_pass`` does). ``connect_timeout``: seconds to connect (then 502).
-    ``response_timeout``: seconds the upstream may take to send the response head, or to make
-    progress on the request body (then 504). ``max_idle``: idle kept-alive connections kept.
+    ``response_timeout``: seconds the upstream may take to send the whole response head, 1xx
+    heads included (a deadline, not an idle timeout), or to make progress on the request body
+    (then 504). ``max_idle``: idle kept-alive connections kept.
 
     An upstream status outside 100-599, or without a phrase in ``http.HTTPStatus`` (one an ASGI
     server cannot send), is answered 502 (``exchange.sendable``).
@@ -125,10 +126,9 @@ class ReverseProxy(Settings):
         for attempt in range(2):
             sock, reused = await self.pool.acquire()
             try:
-                steps = exchange.steps(
-                    sock, _request_body(receive), self.response_timeout, blocking=False, named_only=True
-                )
-                return sock, await arun(steps, self.response_timeout)
+                timeout = self.response_timeout
+                await arun(exchange.send(sock, _request_body(receive), timeout, blocking=False), timeout)
+                return sock, await arun_within(exchange.answer(sock, named_only=True), timeout)
             except BaseException as error:
                 sock.close()
                 exchange = exchange.after(error, attempt, reused, self.response_timeout)

@@ -148,14 +148,19 @@ class Exchange:
             raise failure(error, timeout) from None
         raise error
 
-    def steps(
-        self, sock: socket.socket, body: Any, timeout: float, *, blocking: bool, named_only: bool
-    ) -> Step[Answer]:
+    def send(self, sock: socket.socket, body: Any, timeout: float, *, blocking: bool) -> Step[None]:
         """Send the request (head, then ``body``: an iterable or async iterable of bytes, framed as
-        the client framed it) and read the answer's head: engine steps for either driver. A
-        status the server in front cannot send (``sendable``; ``named_only`` as there) is a 502."""
+        the client framed it): engine steps for either driver, run with ``timeout`` as an idle
+        timeout (an upload may take long, as long as it moves)."""
         writer = fastbody.ResponseWriter(sock, self.request, head=self.head, timeout=timeout)
         yield from writer.step(body, last=True, blocking=blocking)
+
+    def answer(self, sock: socket.socket, *, named_only: bool) -> Step[Answer]:
+        """Read the answer's head (1xx heads skipped): engine steps for either driver, run with
+        the response timeout as a deadline for all of it (``heads.run_within``/``arun_within``:
+        a head trickled a byte at a time, or 1xx heads without end, cannot hold the client
+        longer). A status the server in front cannot send (``sendable``; ``named_only`` as
+        there) is a 502."""
         response, delimited = yield from read_head(sock, self.conn, self.method)
         if not sendable(response.status_code, named_only=named_only):
             raise UpstreamError(f"upstream answered status {response.status_code}, which is not forwarded")

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import fastbody
 from fastbody.framing import Delimit, Framing
-from fastbody.heads import run
+from fastbody.heads import run, run_within
 
 from ..failures import SourceFailed
 from .exchange import COPY_CHUNK, Answer, Exchange, Headers, Settings, failure, plain, refused
@@ -78,10 +78,9 @@ class WSGIReverseProxy(Settings):
             sock, reused = self.pool.acquire()
             try:
                 chunks = iter(lambda: body.read(COPY_CHUNK), b"")
-                return sock, run(
-                    exchange.steps(sock, chunks, self.response_timeout, blocking=True, named_only=False),
-                    self.response_timeout,
-                )
+                timeout = self.response_timeout
+                run(exchange.send(sock, chunks, timeout, blocking=True), timeout)
+                return sock, run_within(exchange.answer(sock, named_only=False), timeout)
             except BaseException as error:
                 sock.close()
                 exchange = exchange.after(error, attempt, reused, self.response_timeout)
