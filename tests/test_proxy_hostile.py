@@ -39,6 +39,8 @@ CANNED = {
     "/status-600": b"HTTP/1.1 600 Weird\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
     "/status-299": b"HTTP/1.1 299 Odd\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
     "/chunk-ext-lf": OK + b"Transfer-Encoding: chunked\r\n\r\n5;a\nb\r\nhello\r\n0\r\n\r\n",
+    # h11 ends these trailers at the bare-LF blank line; a CRLF reader one line later.
+    "/trailer-lf": OK + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX: a\n\r\n\r\n",
     # Not RFC 9112 7.1.1's chunk-ext grammar (a space inside a name; an empty value).
     "/chunk-ext-space": OK + b"Transfer-Encoding: chunked\r\n\r\n5;a b\r\nhello\r\n0\r\n\r\n",
     "/chunk-ext-empty": OK + b"Transfer-Encoding: chunked\r\n\r\n5;a=\r\nhello\r\n0\r\n\r\n",
@@ -201,6 +203,12 @@ def test_chunk_size_line_outside_rfc_9112_is_refused(proxy: Server, path: str) -
     else:
         assert got.status == 200 and not got.complete  # the client connection was closed mid-body
         assert b"world" not in got.body and (path != "/chunk-ext-lf-first-later" or not got.body)
+
+
+def test_bare_lf_in_a_trailer_closes_the_client(proxy: Server) -> None:
+    got = get(proxy, "/trailer-lf")
+    assert (got.status, got.body, got.complete) == (200, b"hello", False)
+    assert idle(proxy) == 0
 
 
 @pytest.mark.parametrize(

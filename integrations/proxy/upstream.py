@@ -206,9 +206,13 @@ def read_chunk_end(sock: socket.socket) -> Step[None]:
 
 
 def read_trailers(sock: socket.socket) -> Step[None]:
-    """Trailer fields after the last chunk (dropped: hop-by-hop to this proxy), up to the blank line."""
+    """Trailer fields after the last chunk (dropped: hop-by-hop to this proxy), up to the blank
+    line. A bare CR or LF in one is refused: h11 would end the trailers at a bare LF's blank
+    line, and the two readers would disagree about where the message ends."""
     total = 0
     while (line := (yield from _take_through(sock, b"\r\n", MAX_LINE, "trailer"))) != b"\r\n":
+        if b"\n" in line[:-2] or b"\r" in line[:-2]:
+            raise UpstreamError(f"upstream sent an invalid trailer line: {line[:40]!r}")
         total += len(line)
         if total > MAX_HEAD:
             raise UpstreamError("upstream trailers too large")
