@@ -2,10 +2,11 @@
 how it reads the response head and body framing, and its keep-alive connection pools.
 
 Not one body byte is read into Python: the head (and each chunk-size line) is taken off the
-socket exactly by the engine (``fastbody.heads.take_through``), and the body bytes stay in the
-kernel for splice. The reading steps below are engine steps composed with h11's parsing and
-``fastbody.framing``'s rules, run by the engine's drivers: ``fastbody.heads.run`` for the WSGI
-proxy, ``arun`` for the ASGI one.
+socket exactly by the engine (``fastbody.heads.take_head``, where h11 ends a head, and
+``take_through``), and the body bytes stay in the kernel for splice. The reading steps below
+are engine steps composed with h11's parsing and ``fastbody.framing``'s rules, run by the
+engine's drivers: ``fastbody.heads.run`` for the WSGI proxy, ``arun`` for the ASGI one (a head
+within a deadline: ``run_within``, ``arun_within``).
 """
 
 from __future__ import annotations
