@@ -96,6 +96,9 @@ def launch(
                 stop(server)
                 raise AssertionError(f"{command[2]} did not answer within 30 s:\n{server.errors()}") from None
             time.sleep(0.1)
+        except BaseException:  # it answered, but not /stats (a 500): never leave it running
+            stop(server)
+            raise
 
 
 def stop(server: Server) -> None:
