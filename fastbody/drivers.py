@@ -1,7 +1,8 @@
 """The two drivers of the one pump: blocking (``poll``) and asyncio (``add_reader``/``add_writer``).
 
 A driver runs the pump, waits for what it asks, and turns "no readiness within ``timeout``"
-into a ``TimeoutError`` thrown back into the pump, which adds the count sent and cleans up.
+(an idle timeout) or "not done by ``deadline``" (a ``time.monotonic()`` instant: the whole run's
+bound) into a ``TimeoutError`` thrown back into the pump, which adds the count sent and cleans up.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+import time
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
@@ -19,17 +21,21 @@ T = TypeVar("T")
 _POLL_EVENTS = {Event.READ: select.POLLIN, Event.WRITE: select.POLLOUT}
 
 
-def run_blocking(pump: Generator[Request, Any, T], timeout: float | None) -> T:
+def run_blocking(
+    pump: Generator[Request, Any, T], timeout: float | None, *, deadline: float | None = None
+) -> T:
     """Run ``pump`` (or any step of its kind) to the end on this thread; its result."""
     try:
         request = next(pump)
         while True:
             if isinstance(request, Pull):
                 request = pump.throw(TypeError("an async iterable needs atransfer()"))
-            elif isinstance(request, Checkpoint) or _poll(request, timeout):
+                continue
+            wait = _wait_time(timeout, deadline)
+            if isinstance(request, Checkpoint) or (wait != 0 and _poll(request, wait)):
                 request = pump.send(None)
             else:
-                request = pump.throw(_no_progress(request, timeout))
+                request = pump.throw(_timed_out(request, timeout, deadline))
     except StopIteration as done:
         result: T = done.value
         return result
@@ -44,7 +50,9 @@ def _poll(wait: Wait, timeout: float | None) -> bool:
     return bool(poller.poll(None if timeout is None else timeout * 1000))
 
 
-async def run_async(pump: Generator[Request, Any, T], timeout: float | None) -> T:
+async def run_async(
+    pump: Generator[Request, Any, T], timeout: float | None, *, deadline: float | None = None
+) -> T:
     """Run ``pump`` (or any step of its kind) on the running loop without blocking it."""
     loop = asyncio.get_running_loop()
     # The loop may not watch an fd a transport owns, so waits are registered on dups.
@@ -67,10 +75,11 @@ async def run_async(pump: Generator[Request, Any, T], timeout: float | None) -> 
             dup = dups.get(request.fd)
             if dup is None:
                 dup = dups[request.fd] = os.dup(request.fd)
-            if await ready_async(loop, dup, request.event, timeout):
+            wait = _wait_time(timeout, deadline)
+            if wait != 0 and await ready_async(loop, dup, request.event, wait):
                 request = pump.send(None)
             else:
-                request = pump.throw(_no_progress(request, timeout))
+                request = pump.throw(_timed_out(request, timeout, deadline))
     except StopIteration as done:
         result: T = done.value
         return result
@@ -107,6 +116,17 @@ async def ready_async(loop: asyncio.AbstractEventLoop, fd: int, event: Event, ti
             expiry.cancel()
 
 
-def _no_progress(wait: Wait, timeout: float | None) -> TimeoutError:
+def _wait_time(timeout: float | None, deadline: float | None) -> float | None:
+    """How long the next wait may take: the idle timeout, cut to what the deadline leaves (0:
+    the deadline has passed)."""
+    if deadline is None:
+        return timeout
+    left = max(deadline - time.monotonic(), 0.0)
+    return left if timeout is None else min(timeout, left)
+
+
+def _timed_out(wait: Wait, timeout: float | None, deadline: float | None) -> TimeoutError:
+    if deadline is not None and time.monotonic() >= deadline:
+        return TimeoutError("not done by its deadline")
     side = "readable" if wait.event is Event.READ else "writable"
     return TimeoutError(f"no progress for {timeout} seconds: fd {wait.fd} did not become {side}")

@@ -10,9 +10,7 @@ asyncio loop. Callers compose steps (``yield from``) into their own and run the 
 
 from __future__ import annotations
 
-import asyncio
 import re
-import select
 import socket
 import time
 from collections.abc import Generator
@@ -81,30 +79,11 @@ async def arun(step: Step[T], timeout: float | None) -> T:
 
 
 def run_within(step: Step[T], seconds: float) -> T:
-    """Run ``step`` (one that only waits for fds, as reading a head does) to its end on this
-    thread within ``seconds`` in all: a deadline, not an idle timeout (a peer sending a byte
-    at a time cannot stretch it). ``TimeoutError`` when it passes."""
-    deadline = time.monotonic() + seconds
-    try:
-        request = next(step)
-        while True:
-            if not isinstance(request, Wait):
-                request = step.throw(TypeError(f"run_within runs steps that wait only, not {request!r}"))
-                continue
-            poller = select.poll()
-            poller.register(request.fd, select.POLLIN if request.event is Event.READ else select.POLLOUT)
-            left = deadline - time.monotonic()
-            if left > 0 and poller.poll(left * 1000):
-                request = step.send(None)
-            else:
-                request = step.throw(TimeoutError(f"not done within {seconds} seconds"))
-    except StopIteration as done:
-        result: T = done.value
-        return result
-    finally:
-        step.close()
+    """Run ``step`` to its end on this thread within ``seconds`` in all: a deadline, not an idle
+    timeout (a peer sending a byte at a time cannot stretch it). ``TimeoutError`` when it passes."""
+    return run_blocking(step, None, deadline=time.monotonic() + seconds)
 
 
 async def arun_within(step: Step[T], seconds: float) -> T:
-    """``run_within`` on the running asyncio loop."""
-    return await asyncio.wait_for(run_async(step, seconds), seconds)
+    """``run_within`` on the running asyncio loop (waits on dups of the fds)."""
+    return await run_async(step, None, deadline=time.monotonic() + seconds)
