@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from . import pipes as pipe_settings
 from . import syscalls
-from .pipes import MIN_PIPE_SIZE, PIPE_SIZE
 
 
 @dataclass(frozen=True)
@@ -28,8 +28,8 @@ class Capabilities:
             return "yes" if works else "no (copy instead)"
 
         pipes = f"{self.pipe_size >> 10} KiB pipes"
-        if self.pipe_size < MIN_PIPE_SIZE:
-            pipes += f" (under {MIN_PIPE_SIZE >> 10} KiB: socket bodies are copied)"
+        if self.pipe_size < pipe_settings.MIN_PIPE_SIZE:
+            pipes += f" (under {pipe_settings.MIN_PIPE_SIZE >> 10} KiB: socket bodies are copied)"
         return f"sendfile {state(self.sendfile)}, splice {state(self.splice)}, {pipes}"
 
 
@@ -53,7 +53,7 @@ def _sendfile_works(sender: socket.socket, receiver: socket.socket) -> bool:
 
 
 def _splice_works(sender: socket.socket, receiver: socket.socket) -> bool:
-    read_fd, write_fd, _ = syscalls.new_pipe(PIPE_SIZE)
+    read_fd, write_fd, _ = syscalls.new_pipe(pipe_settings.PIPE_SIZE)
     try:
         sender.sendall(b"splice")
         moved = syscalls.splice(receiver.fileno(), write_fd, 6)
@@ -66,7 +66,7 @@ def _splice_works(sender: socket.socket, receiver: socket.socket) -> bool:
 
 
 def _pipe_size() -> int:
-    read_fd, write_fd, size = syscalls.new_pipe(PIPE_SIZE)
+    read_fd, write_fd, size = syscalls.new_pipe(pipe_settings.PIPE_SIZE)
     os.close(read_fd)
     os.close(write_fd)
     return size

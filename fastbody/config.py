@@ -150,20 +150,11 @@ def configure(settings: Settings | None = None, /, **changes: Any) -> Settings:
 def _apply(settings: Settings, before: Settings) -> None:
     """Write ``settings`` into the names the engine reads on its hot path (module globals and
     the default pool's attributes)."""
-    from . import capabilities, pipes, plan, pump
+    from . import pipes, plan  # (pump and capabilities read these names from their modules)
 
     plan.SMALL_BODY = settings.small_body
     pipes.PIPE_SIZE = settings.pipe_size
     pipes.MIN_PIPE_SIZE = pipes.min_pipe_size(settings.pipe_size)
-    # pump and capabilities imported these by name (``from .plan import SMALL_BODY``): their
-    # copies are rewritten too, so every reader sees one value.
-    copies = {
-        pump: ("SMALL_BODY", "PIPE_SIZE"),
-        capabilities: ("PIPE_SIZE", "MIN_PIPE_SIZE"),
-    }
-    for module, names in copies.items():
-        for name in names:
-            setattr(module, name, getattr(plan if name == "SMALL_BODY" else pipes, name))
     pipes.MAX_PIPES = settings.max_pipes
     pipes.MAX_IDLE = settings.max_idle_pipes
     pool = pipes.default_pool

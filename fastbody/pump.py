@@ -23,11 +23,11 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
-from . import counters, syscalls
+from . import counters, pipes, plan, syscalls
 from .errors import IncompleteTransfer, with_sent
 from .framing import BodyWriter, FramingError
-from .pipes import PIPE_SIZE, PipePool
-from .plan import SMALL_BODY, Path, Trickle, choose_path, known_length
+from .pipes import PipePool
+from .plan import Path, Trickle, choose_path, known_length
 from .source import Body, ChunksBody, FileBody, ReaderBody, StreamBody, StreamKind
 
 COPY_BUFFER = 1 << 20
@@ -322,7 +322,7 @@ def _at_once(run: _Run, body: Body, framing: BodyWriter, last: bool) -> tuple[Bo
     bytes after it."""
     dst, progress = run.dst, run.progress
     size = known_length(body, progress.limit)
-    if dst.tls is not None or dst.handle is None or size is None or size >= SMALL_BODY:
+    if dst.tls is not None or dst.handle is None or size is None or size >= plan.SMALL_BODY:
         return None
     if framing.remaining is not None and (size > framing.remaining or (last and size < framing.remaining)):
         return None  # the long way raises what this is
@@ -546,7 +546,7 @@ def _splice_direct(run: _Run, src: int) -> Attempt:
     # A subprocess's pipe holds 64 KiB: the writer then stalls and we wake for every 64 KiB,
     # which costs more than copying. Grown to the pool's pipe size, one splice moves up to
     # 1 MiB (and the writer runs ahead of us).
-    capacity = syscalls.grow_pipe(src, PIPE_SIZE)
+    capacity = syscalls.grow_pipe(src, pipes.PIPE_SIZE)
     started, emptied = False, False
     while not progress.done:
         if emptied and waits.ahead(src):

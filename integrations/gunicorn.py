@@ -224,11 +224,12 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
             failure = error
             raise
         finally:
-            fastbody.counters.response_ended(writer.paths, outcome(failure))
+            paths = writer.paths
+            fastbody.counters.response_ended(paths, outcome(failure))
             self.sent = writer.sent
             self.ended = True  # the writer ended the body (or it broke): close() adds nothing
             if self.environ is not None:  # gunicorn logs after close(): %({fastbody.path}e)s
-                self.environ["fastbody.path"] = paths_label(writer.paths)
+                self.environ["fastbody.path"] = paths_label(paths)
 
     def close(self) -> None:
         if not self.ended:

@@ -30,6 +30,7 @@ the same bytes go out as ordinary ``http.response.body`` messages.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import stat
@@ -355,11 +356,16 @@ class StaticFiles(staticfiles.StaticFiles):
     def _relative(self, full_path: str) -> str | None:
         """``full_path`` as a path under one of the served directories (as ``get_path`` gives
         them), or None for a file served from elsewhere (a ``packages`` directory it left)."""
-        for directory in self.all_directories:
-            root = os.path.abspath(directory) if self.follow_symlink else os.path.realpath(directory)
+        for root in self._roots:
             if os.path.commonpath([full_path, root]) == root:
                 return os.path.relpath(full_path, root)
         return None
+
+    @functools.cached_property
+    def _roots(self) -> list[str]:
+        """The served directories as ``lookup_path`` resolves them, once (not per request)."""
+        resolve = os.path.abspath if self.follow_symlink else os.path.realpath
+        return [resolve(directory) for directory in self.all_directories]
 
 
 def _hidden(path: str) -> bool:
