@@ -216,3 +216,43 @@ class ArrivalWatch:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
+
+
+# The fault table: each fault test records a row (what, server, result, holdings before and
+# after); the run prints them all at its end, and writes them as Markdown to the file
+# FASTBODY_FAULT_TABLE names, if it names one (the closing note's table comes from there).
+
+
+@dataclass
+class FaultRow:
+    fault: str
+    server: str
+    result: str
+    before: str
+    after: str
+
+
+_fault_rows: list[FaultRow] = []
+
+
+class FaultTable:
+    def record(self, fault: str, server: str, result: str, before: object, after: object) -> None:
+        _fault_rows.append(FaultRow(fault, server, result, str(before), str(after)))
+
+
+@pytest.fixture(scope="session")
+def fault_table() -> FaultTable:
+    return FaultTable()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _fault_rows:
+        return
+    lines = ["| fault | server | result | fds/pipes/RSS MiB before | after |", "|---|---|---|---|---|"]
+    lines += [f"| {r.fault} | {r.server} | {r.result} | {r.before} | {r.after} |" for r in _fault_rows]
+    terminalreporter.section("fault table")
+    for line in lines:
+        terminalreporter.write_line(line)
+    if path := os.environ.get("FASTBODY_FAULT_TABLE"):
+        with open(path, "w") as table:
+            table.write("\n".join(lines) + "\n")
