@@ -23,15 +23,12 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
-from . import counters, pipes, plan, syscalls
+from . import buffers, counters, pipes, plan, syscalls
 from .errors import IncompleteTransfer, with_sent
 from .framing import BodyWriter, FramingError
 from .pipes import PipePool
 from .plan import Path, Trickle, choose_path, known_length
 from .source import Body, ChunksBody, FileBody, ReaderBody, StreamBody, StreamKind
-
-COPY_BUFFER = 1 << 20
-"""The copy path's buffer: with 1 MiB a userspace copy costs half what 64 KiB chunks do."""
 
 SENDFILE_STEP = 16 << 20
 """Bytes asked of one sendfile call; the socket buffer takes less per call anyway."""
@@ -426,19 +423,19 @@ def _read_chunks(run: _Run, body: Body, framing: BodyWriter) -> Step:
     else:  # a device (files always know their length)
         assert isinstance(body, StreamBody)
         reader = _FdReader(body.fd, None)
-    buffer = memoryview(bytearray(COPY_BUFFER))
-    while True:
-        got = reader.read_into(buffer)
-        if isinstance(got, Wait):
-            yield from run.waits.until(got.fd, got.event)
-            continue
-        if not got:
-            return
-        prefix, suffix = framing.piece(got)
-        run.dst.pending += prefix
-        yield from _write_all(run, buffer[:got])
-        run.dst.pending += suffix
-        yield from run.checkpoint()
+    with buffers.lent() as buffer:
+        while True:
+            got = reader.read_into(buffer)
+            if isinstance(got, Wait):
+                yield from run.waits.until(got.fd, got.event)
+                continue
+            if not got:
+                return
+            prefix, suffix = framing.piece(got)
+            run.dst.pending += prefix
+            yield from _write_all(run, buffer[:got])
+            run.dst.pending += suffix
+            yield from run.checkpoint()
 
 
 def _move(run: _Run, body: Body, pool: PipePool) -> Step:
@@ -636,21 +633,21 @@ class _ObjectReader(_Reader):
 
 def _copy(run: _Run, reader: _Reader) -> Step:
     progress = run.progress
-    buffer = memoryview(bytearray(max(progress.want(COPY_BUFFER), 1)))
     relay = isinstance(reader, _FdReader) and reader.offset is None and run.dst.tls is None
-    while not progress.done:
-        if relay and not run.dst.pending:  # framing bytes go out with the first data, then the relay
-            assert isinstance(reader, _FdReader)
-            yield from _relay(run, reader.fd, buffer)
-            return
-        got = reader.read_into(buffer[: progress.want(len(buffer))])
-        if isinstance(got, Wait):
-            yield from run.waits.until(got.fd, got.event)
-            continue
-        if got == 0:
-            return
-        yield from _write_all(run, buffer[:got])
-        yield from run.checkpoint()
+    with buffers.lent(progress.want(buffers.SIZE)) as buffer:
+        while not progress.done:
+            if relay and not run.dst.pending:  # framing bytes go out with the first data, then the relay
+                assert isinstance(reader, _FdReader)
+                yield from _relay(run, reader.fd, buffer)
+                return
+            got = reader.read_into(buffer[: progress.want(len(buffer))])
+            if isinstance(got, Wait):
+                yield from run.waits.until(got.fd, got.event)
+                continue
+            if got == 0:
+                return
+            yield from _write_all(run, buffer[:got])
+            yield from run.checkpoint()
 
 
 def _relay(run: _Run, src: int, buffer: memoryview) -> Step:
@@ -706,7 +703,7 @@ def _copy_chunks(run: _Run, body: ChunksBody, framing: BodyWriter | None = None)
 def _send_buffered(run: _Run, fd: int, reader: io.BufferedReader) -> Step:
     """Send what ``reader`` already holds in its buffer before the kernel moves the rest."""
     if not run.progress.done and (
-        data := syscalls.buffered_bytes(fd, reader, run.progress.want(COPY_BUFFER))
+        data := syscalls.buffered_bytes(fd, reader, run.progress.want(buffers.SIZE))
     ):
         yield from _write_all(run, memoryview(data))
 
