@@ -14,6 +14,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
+import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -243,3 +245,203 @@ def table(*columns: str) -> None:
 
 def row(*cells: str, flush: bool = False) -> None:
     print("| " + " | ".join(cells) + " |", flush=flush)
+
+
+# Servers started as programs (``proxy.py``, ``static.py``, ``fairness.py``): each is a child
+# process of the benchmark, measured as its whole process tree, stopped by pid
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = ROOT / "benchmarks" / "apps"
+
+
+class WrongBytes(RuntimeError):
+    """A server answered with the wrong status, length or bytes: the benchmark stops."""
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants that are alive now."""
+    found, index = [pid], 0
+    while index < len(found):
+        with suppress(FileNotFoundError, ProcessLookupError):
+            found += children(found[index])
+        index += 1
+    return found
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (tells a pid from its reuse)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[19])
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return None
+
+
+class Program:
+    """One server started here (a proxy, a peer, the upstream), measured as its whole process tree."""
+
+    def __init__(
+        self,
+        name: str,
+        path: str,
+        command: list[str],
+        port: int,
+        logs: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.name, self.path, self.command, self.port = name, path, command, port  # path: for the tables
+        self.log = logs / (re.sub(r"[^\w.]+", "-", name).strip("-") + ".log")
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.family: dict[int, int | None] = {}  # every pid seen in its tree, with its start time
+
+    def start(self) -> None:
+        with open(self.log, "wb") as log:  # cwd: never benchmarks/, whose uvicorn.py would shadow uvicorn
+            self.process = subprocess.Popen(
+                self.command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=self.env
+            )
+
+    def wait_ready(self, target: str = "/tiny") -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                if fetch(self.port, target)[0] == 200:
+                    time.sleep(0.3)  # gunicorn, nginx, granian: the worker is up; let the tree settle
+                    self.remember()
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not start:\n{self.log_tail()}")
+
+    def remember(self) -> None:
+        assert self.process is not None
+        for pid in process_tree(self.process.pid):
+            self.family.setdefault(pid, start_time(pid))
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-2000:] if self.log.exists() else "(no log)"
+
+    def pids(self) -> list[int]:
+        """The pids of its tree now (for strace, py-spy)."""
+        assert self.process is not None
+        return process_tree(self.process.pid)
+
+    def cpu(self) -> float:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited ({self.process.returncode}):\n{self.log_tail()}")
+        return tree_cpu(process_tree(self.process.pid))  # one that exited meanwhile: 0
+
+    def stop(self) -> None:
+        """Terminate the root by its pid; then kill, by pid, any of its descendants that outlive it."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.remember()
+        stop(self.process, grace=10)
+        for pid, started in self.family.items():
+            if pid != self.process.pid and started is not None and start_time(pid) == started:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def start_all(programs: list[Program], skipped: list[str], required: set[str]) -> list[Program]:
+    """Start every program; a peer that does not come up is stopped and noted in ``skipped``,
+    one named in ``required`` is an error. Returns those running."""
+    for program in programs:
+        program.start()
+    running = []
+    for program in programs:
+        try:
+            program.wait_ready()
+            running.append(program)
+        except RuntimeError as error:
+            program.stop()
+            if program.name in required:
+                raise
+            skipped.append(f"{program.name}: did not start ({str(error).splitlines()[-1][:200]})")
+    return running
+
+
+def render(template: str, directory: Path, name: str, **values: str) -> Path:
+    """benchmarks/apps/``template`` with its ``@NAME@`` words filled in, written to ``directory/name``."""
+    text = (APPS / template).read_text()
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", value)
+    if left := re.findall(r"@[A-Z_]+@", text):
+        raise RuntimeError(f"{template}: {left} not filled in")
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / name).write_text(text)
+    return directory / name
+
+
+def installed(program: str) -> str | None:
+    """The path of a Debian program (``/usr/sbin`` is not on every PATH), or None."""
+    return shutil.which(program) or shutil.which(program, path="/usr/sbin:/usr/bin")
+
+
+def nginx(name: str, path: str, workdir: Path, template: str, **values: str) -> Program:
+    """nginx with a config from ``template``, in its own prefix directory under ``workdir``."""
+    prefix = workdir / re.sub(r"\W+", "-", name)
+    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (prefix / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    user = "user root;" if os.geteuid() == 0 else ""  # as root, workers would be nobody: no /tmp/... access
+    conf = render(template, prefix, "nginx.conf", PORT=str(port), USER=user, **values)
+    command = [installed("nginx") or "nginx", "-p", f"{prefix}/", "-c", str(conf)]
+    command += ["-e", str(prefix / "error.log"), "-g", "daemon off;"]
+    return Program(name, path, command, port, workdir)
+
+
+def get_kept_alive(port: int, requests: list[tuple[str, bytes]]) -> None:
+    """GET each target in turn, on one kept-alive connection while the server keeps it open, and
+    compare status, Content-Length and every body byte; raise WrongBytes on any difference."""
+    sock: socket.socket | None = None
+    try:
+        for target, expected in requests:
+            if sock is None:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+                reader = sock.makefile("rb")
+            sock.sendall(f"GET {target} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+            status_line = reader.readline(64 * KIB)
+            fields: dict[bytes, bytes] = {}
+            while (line := reader.readline(64 * KIB)) not in (b"\r\n", b"\n", b""):
+                name, _, value = line.partition(b":")
+                fields[name.strip().lower()] = value.strip()
+            status = int(status_line.split(b" ", 2)[1]) if status_line.count(b" ") else 0
+            length = fields.get(b"content-length")
+            body = reader.read(int(length)) if length and length.isdigit() else b""
+            if status != 200 or length is None or body != expected:
+                why = f"status {status}, Content-Length {length!r}, {len(body)} body bytes"
+                same = "the same bytes" if body == expected else "different bytes"
+                raise WrongBytes(f"GET {target}: {why} ({same}), expected 200 and {len(expected)} bytes")
+            if fields.get(b"connection", b"").lower() == b"close":
+                reader.close()
+                sock.close()
+                sock = None
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+def checked_wrk(server: Measured, target: str, seconds: int, body: int, name: str = "") -> Wrk:
+    """``wrk -t1 -c8`` on ``target``; the bytes wrk read must match the requests it counted
+    (bodies of ``body`` bytes), else WrongBytes."""
+    run = wrk(server, target, seconds)
+    # wrk counts complete responses; it also read (part of) up to 8 more, and prints 3 digits.
+    low, high = 0.99 * run.requests * body, 1.01 * (run.requests + 8) * (body + 1024)
+    if run.requests and not low <= run.read <= high:
+        raise WrongBytes(
+            f"{name or target}: wrk read {run.read:.0f} bytes in {run.requests} responses of {body}"
+        )
+    return run
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The value at ``fraction`` (0.99: p99) of the sorted values, nearest rank; nan for none."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]

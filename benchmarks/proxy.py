@@ -42,18 +42,14 @@ pid; the temporary directory is removed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,8 +59,8 @@ else:  # run as a script: benchmarks/ is sys.path[0] (so never `import uvicorn` 
     import harness
 
 GIB, MIB, KIB, TIMEOUT = harness.GIB, harness.MIB, harness.KIB, harness.TIMEOUT
-ROOT = Path(__file__).resolve().parent.parent
-APPS = ROOT / "benchmarks" / "apps"
+ROOT, APPS = harness.ROOT, harness.APPS
+Program, WrongBytes = harness.Program, harness.WrongBytes
 INSTALL = "apt-get update && apt-get install -y nginx haproxy golang-go"
 TINY = b"ok\n"
 
@@ -81,134 +77,14 @@ GO = "Go httputil.ReverseProxy"
 FASTBODY_PROXIES = (FASTBODY, WSGI_GTHREAD, WSGI_SYNC)
 
 
-class WrongBytes(RuntimeError):
-    """A proxy answered with the wrong status, length or bytes: the benchmark stops."""
-
-
-# Processes: a proxy (or the upstream) is a child process of this one and its descendants
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants that are alive now."""
-    found, index = [pid], 0
-    while index < len(found):
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            found += harness.children(found[index])
-        index += 1
-    return found
-
-
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (tells a pid from its reuse)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return int(stat.read().rsplit(")", 1)[1].split()[19])
-    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-        return None
-
-
-class Program:
-    """One server started here (a proxy, or the upstream), measured as its whole process tree."""
-
-    def __init__(
-        self,
-        name: str,
-        path: str,
-        command: list[str],
-        port: int,
-        logs: Path,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        self.name, self.path, self.command, self.port = name, path, command, port  # path: for the tables
-        self.log = logs / (re.sub(r"[^\w.]+", "-", name).strip("-") + ".log")
-        self.env = {**os.environ, **(env or {})}
-        self.process: subprocess.Popen[bytes] | None = None
-        self.family: dict[int, int | None] = {}  # every pid seen in its tree, with its start time
-
-    def start(self) -> None:
-        with open(self.log, "wb") as log:  # cwd: never benchmarks/, whose uvicorn.py would shadow uvicorn
-            self.process = subprocess.Popen(
-                self.command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=self.env
-            )
-
-    def wait_ready(self) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                if harness.fetch(self.port, "/tiny")[0] == 200:
-                    time.sleep(0.3)  # gunicorn, nginx: the worker is up; let the tree settle
-                    self.remember()
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} did not start:\n{self.log_tail()}")
-
-    def remember(self) -> None:
-        assert self.process is not None
-        for pid in process_tree(self.process.pid):
-            self.family.setdefault(pid, start_time(pid))
-
-    def log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-2000:] if self.log.exists() else "(no log)"
-
-    def cpu(self) -> float:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"{self.name} exited ({self.process.returncode}):\n{self.log_tail()}")
-        return harness.tree_cpu(process_tree(self.process.pid))  # one that exited meanwhile: 0
-
-    def stop(self) -> None:
-        """Terminate the root by its pid; then kill, by pid, any of its descendants that outlive it."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.remember()
-        harness.stop(self.process, grace=10)
-        for pid, started in self.family.items():
-            if pid != self.process.pid and started is not None and start_time(pid) == started:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-
-
 # The upstream and the proxies
 
 
-def render(template: str, directory: Path, name: str, **values: str) -> Path:
-    """benchmarks/apps/``template`` with its ``@NAME@`` words filled in, written to ``directory/name``."""
-    text = (APPS / template).read_text()
-    for key, value in values.items():
-        text = text.replace(f"@{key}@", value)
-    if left := re.findall(r"@[A-Z_]+@", text):
-        raise RuntimeError(f"{template}: {left} not filled in")
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / name).write_text(text)
-    return directory / name
-
-
-def installed(program: str) -> str | None:
-    """The path of a Debian program (``/usr/sbin`` is not on every PATH), or None."""
-    return shutil.which(program) or shutil.which(program, path="/usr/sbin:/usr/bin")
-
-
-def nginx(name: str, path: str, workdir: Path, template: str, **values: str) -> Program:
-    """nginx with a config from ``template``, in its own prefix directory under ``workdir``."""
-    prefix = workdir / re.sub(r"\W+", "-", name)
-    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (prefix / "tmp" / sub).mkdir(parents=True, exist_ok=True)
-    port = harness.free_port()
-    user = "user root;" if os.geteuid() == 0 else ""  # as root, workers would be nobody: no /tmp/... access
-    conf = render(template, prefix, "nginx.conf", PORT=str(port), USER=user, **values)
-    command = [installed("nginx") or "nginx", "-p", f"{prefix}/", "-c", str(conf)]
-    command += ["-e", str(prefix / "error.log"), "-g", "daemon off;"]
-    return Program(name, path, command, port, workdir)
-
-
 def upstream_program(workdir: Path, www: Path) -> Program:
-    if installed("nginx"):
+    if harness.installed("nginx"):
         template = "proxy_bench_nginx_upstream.conf"
-        return nginx(UPSTREAM, "nginx, sendfile on (the upstream's CPU)", workdir, template, ROOT=str(www))
+        path = "nginx, sendfile on (the upstream's CPU)"
+        return harness.nginx(UPSTREAM, path, workdir, template, ROOT=str(www))
     port = harness.free_port()
     command = [sys.executable, str(APPS / "proxy_bench_upstream.py"), "--root", str(www), "--port", str(port)]
     return Program(UPSTREAM, "Python blocking os.sendfile (the upstream's CPU)", command, port, workdir)
@@ -262,15 +138,14 @@ def proxies(workdir: Path, upstream: int, skipped: list[str]) -> list[Program]:
         uvicorn(HTTPX, "aiter_raw → StreamingResponse (copy)", "proxy_bench_httpx:app", "httptools",
                 workdir, upstream),
     ]  # fmt: skip
-    if installed("nginx"):
+    if harness.installed("nginx"):
         template = "proxy_bench_nginx_proxy.conf"
         for name, buffering in ((NGINX_ON, "on"), (NGINX_OFF, "off")):
-            found.append(
-                nginx(name, "copy", workdir, template, UPSTREAM_PORT=str(upstream), BUFFERING=buffering)
-            )
+            values = {"UPSTREAM_PORT": str(upstream), "BUFFERING": buffering}
+            found.append(harness.nginx(name, "copy", workdir, template, **values))
     else:
         skipped.append(f"nginx proxy_pass: nginx is not installed (`{INSTALL}`)")
-    haproxy = installed("haproxy")
+    haproxy = harness.installed("haproxy")
     if haproxy:
         for name, splice, path in (
             (HAPROXY_SPLICE, "option splice-response", "splice (kernel pipes)"),
@@ -278,7 +153,7 @@ def proxies(workdir: Path, upstream: int, skipped: list[str]) -> list[Program]:
         ):
             port = harness.free_port()
             values = {"PORT": str(port), "UPSTREAM_PORT": str(upstream), "SPLICE": splice}
-            config = render(
+            config = harness.render(
                 "proxy_bench_haproxy.cfg", workdir / re.sub(r"\W+", "-", name), "haproxy.cfg", **values
             )
             found.append(Program(name, path, [haproxy, "-db", "-f", str(config)], port, workdir))
@@ -298,39 +173,9 @@ def proxies(workdir: Path, upstream: int, skipped: list[str]) -> list[Program]:
 # Checking what comes back
 
 
-def get_kept_alive(port: int, requests: list[tuple[str, bytes]]) -> None:
-    """GET each target in turn, on one kept-alive connection while the proxy keeps it open, and
-    compare status, Content-Length and every body byte; raise WrongBytes on any difference."""
-    sock: socket.socket | None = None
-    try:
-        for target, expected in requests:
-            if sock is None:
-                sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-                reader = sock.makefile("rb")
-            sock.sendall(f"GET {target} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
-            status_line = reader.readline(64 * KIB)
-            fields: dict[bytes, bytes] = {}
-            while (line := reader.readline(64 * KIB)) not in (b"\r\n", b"\n", b""):
-                name, _, value = line.partition(b":")
-                fields[name.strip().lower()] = value.strip()
-            status = int(status_line.split(b" ", 2)[1]) if status_line.count(b" ") else 0
-            length = fields.get(b"content-length")
-            body = reader.read(int(length)) if length and length.isdigit() else b""
-            if status != 200 or length is None or body != expected:
-                why = f"status {status}, Content-Length {length!r}, {len(body)} body bytes"
-                same = "the same bytes" if body == expected else "different bytes"
-                raise WrongBytes(f"GET {target}: {why} ({same}), expected 200 and {len(expected)} bytes")
-            if fields.get(b"connection", b"").lower() == b"close":
-                reader.close()
-                sock.close()
-                sock = None
-    finally:
-        if sock is not None:
-            sock.close()
-
-
 def check(program: Program, small: bytes) -> None:
-    get_kept_alive(program.port, [("/small", small), ("/tiny", TINY), ("/small", small), ("/small", small)])
+    requests = [("/small", small), ("/tiny", TINY), ("/small", small), ("/small", small)]
+    harness.get_kept_alive(program.port, requests)
 
 
 def fastbody_stats(program: Program) -> dict[str, int]:
@@ -407,13 +252,7 @@ class WrkRun:
 
 def run_wrk(program: Program, target: str, seconds: int, body: int) -> WrkRun:
     """``wrk -t1 -c8`` on ``target``; the bytes wrk read must match the requests it counted."""
-    run = harness.wrk(program, target, seconds)
-    # wrk counts complete responses; it also read (part of) up to 8 more, and prints 3 digits.
-    low, high = 0.99 * run.requests * body, 1.01 * (run.requests + 8) * (body + 1024)
-    if run.requests and not low <= run.read <= high:
-        raise WrongBytes(
-            f"{program.name}: wrk read {run.read:.0f} bytes in {run.requests} responses of {body}"
-        )
+    run = harness.checked_wrk(program, target, seconds, body, program.name)
     return WrkRun(run.rate, run.cpu_us, run.errors)
 
 
@@ -479,23 +318,6 @@ def expectations(measured: dict[str, float], checks: list[str], big: int) -> Non
             checks.append(harness.verdict(label, value, value >= 3.0, "≥ 3.00"))
 
 
-def start_all(programs: list[Program], skipped: list[str], required: set[str]) -> list[Program]:
-    """Start every program; a peer that does not come up is skipped, a fastbody one is an error."""
-    for program in programs:
-        program.start()
-    running = []
-    for program in programs:
-        try:
-            program.wait_ready()
-            running.append(program)
-        except RuntimeError as error:
-            program.stop()
-            if program.name in required:
-                raise
-            skipped.append(f"{program.name}: did not start ({str(error).splitlines()[-1][:200]})")
-    return running
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64 MiB instead of 1 GiB, 3-second wrk runs")
@@ -520,9 +342,10 @@ def main(argv: list[str] | None = None) -> None:
         small = (www / "small").read_bytes()
         upstream = upstream_program(workdir, www)
         programs = [upstream]
-        start_all([upstream], skipped, {UPSTREAM})
+        harness.start_all([upstream], skipped, {UPSTREAM})
         programs += proxies(workdir, upstream.port, skipped)
-        programs = [upstream, *start_all(programs[1:], skipped, {FASTBODY, WSGI_GTHREAD, WSGI_SYNC, HTTPX})]
+        required = {FASTBODY, WSGI_GTHREAD, WSGI_SYNC, HTTPX}
+        programs = [upstream, *harness.start_all(programs[1:], skipped, required)]
         for program in programs:
             check(program, small)
         print(f"Upstream: {upstream.path.split(' (')[0]}; files from the page cache; all on 127.0.0.1.")
