@@ -60,7 +60,8 @@ else:  # run as a script: benchmarks/ is sys.path[0] (so never `import uvicorn` 
 
 GIB, MIB, KIB, TIMEOUT = harness.GIB, harness.MIB, harness.KIB, harness.TIMEOUT
 ROOT, APPS = harness.ROOT, harness.APPS
-Program, WrongBytes = harness.Program, harness.WrongBytes
+Program = harness.Program
+WrongBytes = harness.WrongBytes
 INSTALL = "apt-get update && apt-get install -y nginx haproxy golang-go"
 TINY = b"ok\n"
 
