@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -34,8 +35,8 @@ pytest.importorskip("gunicorn")
 pytest.importorskip("starlette")
 
 from conftest import FaultTable  # noqa: E402
-from resources import Held, assert_released, held  # noqa: E402
-from servers import MIB, Server, fetch, free_port, launch, moved, stop, wait_until  # noqa: E402
+from resources import Held, assert_released, held, settled  # noqa: E402
+from servers import MIB, Server, accepts, fetch, free_port, launch, moved, stop, wait_until  # noqa: E402
 
 APPS = Path(__file__).resolve().parent / "apps"
 KIB = 1 << 10
@@ -375,3 +376,466 @@ class TestPipeBudgetSpent:
             # own (8 KiB, ungrowable) pipe, which needs no pooled one, or copied.
             assert by_path.get("copy", 0) >= (CONCURRENT // 2) * BODY, by_path
         assert_released(before, after, rss_slack_mib=RSS_SLACK_MIB)
+
+
+# ==== 2. EMFILE: the server at its fd limit ========================================================
+#
+# Each server runs with RLIMIT_NOFILE 64 (prlimit) and is sent twice that many idle connections.
+# What each does at the limit, as found here:
+# - uvicorn on asyncio (fastbody's H11Protocol): accept(2) fails with EMFILE, asyncio logs
+#   "socket.accept() out of system resource ... [Errno 24] Too many open files", stops
+#   accepting for 1 s and tries again; the connections past the limit wait in the backlog.
+# - `fastbody serve` (uvicorn on uvloop, its default loop): libuv's EMFILE trick closes a spare
+#   fd, accepts each waiting connection and closes it at once, and logs nothing.
+# - gunicorn with fastbody's gthread worker: gunicorn's ThreadWorker.accept lets EMFILE out of
+#   the worker's loop; the worker exits (every connection it held reset) and the arbiter boots
+#   another.
+
+FD_LIMIT = 64
+PRLIMIT = ["prlimit", f"--nofile={FD_LIMIT}:{FD_LIMIT}"]
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_serve(directory: Path, logs: Path, *prefix: str, options: tuple[str, ...] = ()) -> Server:
+    """``fastbody serve DIR`` (one process: uvicorn runs in it), once it accepts connections."""
+    port = free_port()
+    log = logs / f"serve-{port}.log"
+    command = [
+        *prefix,
+        sys.executable,
+        "-m",
+        "fastbody",
+        "serve",
+        str(directory),
+        "--port",
+        str(port),
+        *options,
+    ]
+    with open(log, "wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    server = Server(process, port, log, log)
+    try:
+        wait_until(lambda: accepts(port) or process.poll() is not None, 30, "fastbody serve up")
+        assert process.poll() is None, server.errors()
+    except BaseException:
+        stop(server)
+        raise
+    return server
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bytes]]:
+    """A served directory and, beside it, what must never be served from it: ``outside/``
+    holds a secret; inside are symlinks leading out (to it, to /etc, to /dev/zero), a symlink
+    loop, a FIFO, dotfiles, directories with and without an index."""
+    base = tmp_path_factory.mktemp("faults-site")
+    root, outside = base / "site", base / "outside"
+    files = {
+        "file.bin": os.urandom(MIB),
+        "small.txt": b"small\n",
+        "sub/inner.txt": b"inner\n",
+        ".env": b"DOTFILE-SECRET=1\n",
+        ".git/config": b"[core] DOTFILE-SECRET\n",
+    }
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    (root / "empty").mkdir()
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(OUTSIDE_SECRET)
+    (root / "out.txt").symlink_to(outside / "secret.txt")
+    (root / "outdir").symlink_to(outside)
+    (root / "etc").symlink_to("/etc")
+    (root / "zero").symlink_to("/dev/zero")
+    (root / "loop").symlink_to("loop")
+    os.mkfifo(root / "fifo")
+    return root, files
+
+
+OUTSIDE_SECRET = b"OUTSIDE-SECRET-never-served\n"
+NEVER = (OUTSIDE_SECRET.strip(), b"root:x:0:0", b"DOTFILE-SECRET")
+"""Bytes from outside the root (the secret, /etc/passwd) and from hidden dotfiles."""
+
+
+@dataclass
+class Limited:
+    kind: str
+    server: Server
+    route: str  # a 1 MiB file
+
+    def worker(self) -> int:
+        if self.kind == "serve":
+            return self.server.process.pid
+        return int(self.server.info()["pid"])
+
+
+EMFILE_BUG_GTHREAD = (
+    "BUG: fastbody's gthread worker (gunicorn's ThreadWorker.accept) lets EMFILE from accept(2) out"
+    " of its loop: the worker exits, resetting every connection it held, and is rebooted"
+)
+EMFILE_BUG_SERVE = (
+    "BUG: fastbody serve (uvicorn on uvloop) at its fd limit accepts and closes every waiting"
+    " connection at once and logs nothing (libuv's EMFILE trick)"
+)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "h11",
+        pytest.param("gthread", marks=pytest.mark.xfail(strict=True, reason=EMFILE_BUG_GTHREAD)),
+        pytest.param("serve", marks=pytest.mark.xfail(strict=True, reason=EMFILE_BUG_SERVE)),
+    ],
+)
+def test_at_the_fd_limit(
+    kind: str, site: tuple[Path, dict[str, bytes]], logs: Path, fault_table: FaultTable
+) -> None:
+    root, files = site
+    env = {"FASTBODY_TEST_STATIC": str(root), "FASTBODY_TEST_FILE": str(root / "file.bin")}
+    port = free_port()
+    if kind == "h11":
+        command = uvicorn_h11(port, "faults_resources_app:app", *PRLIMIT)
+        limited = Limited(kind, launch(command, port, logs / f"emfile-h11-{port}.log", env=env), "/file")
+    elif kind == "gthread":
+        command = gunicorn_gthread(port, "wsgi_app:app", 8, *PRLIMIT)
+        route = f"/file?path={root / 'file.bin'}"
+        limited = Limited(kind, launch(command, port, logs / f"emfile-gthread-{port}.log"), route)
+    else:
+        limited = Limited(kind, start_serve(root, logs, *PRLIMIT), "/file.bin")
+    server, digest = limited.server, sha(files["file.bin"])
+    try:
+        pid = limited.worker()
+        got = fetch(f"{server.url}{limited.route}")  # warm-up
+        assert (got.status, got.sha256) == (200, digest)
+        before, logged = held(pid), len(server.errors())
+        clients: list[socket.socket] = []
+        try:
+            for _ in range(2 * FD_LIMIT):  # the kernel completes each handshake into the backlog
+                clients.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+            # The server takes what it can: until its fds are at the limit, or it goes away.
+            wait_until(lambda: gone(pid) or held(pid).fds >= FD_LIMIT - 2, 10, "the server at its fd limit")
+            time.sleep(0.5)
+            spent, mark = (cpu_seconds(pid) if not gone(pid) else 0.0), len(server.errors())
+            time.sleep(1.5)
+            alive = not gone(pid)
+            busy = cpu_seconds(pid) - spent if alive else 0.0
+            flood = server.errors()[mark:].count("Too many open files") / 1.5
+            # A connection it accepted is still served (a 404 needs no fd of the server's).
+            first = clients[0]
+            first.sendall(b"GET /no-such-route HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            try:
+                answered = first.recv(65536).split(b"\r\n", 1)[0]
+            except OSError as error:
+                answered = repr(error).encode()
+        finally:
+            for client in clients:
+                client.close()
+        # Once the connections are gone, it serves again (asyncio retries accept within 1 s).
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                again = fetch(f"{server.url}{limited.route}")
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        log = server.errors()[logged:]
+        alive = alive and not gone(pid)
+        after = settled(pid, before) if alive else None
+        fault_table.record(
+            f"EMFILE: {2 * FD_LIMIT} idle connections at RLIMIT_NOFILE {FD_LIMIT}",
+            kind,
+            f"worker alive {alive}, cpu {busy:.2f} s in 1.5 s, {flood:.0f} EMFILE log lines/s,"
+            f" an accepted connection answered {answered.decode('latin-1')!r}, then {again.status}",
+            before,
+            after if after is not None else "worker gone",
+        )
+        assert alive, f"the worker died at its fd limit:\n{log[-3000:]}"
+        # A loop spinning on the listener would take the whole 1.5 s. (asyncio's own accept loop
+        # takes ~0.6 s: it logs EMFILE up to `backlog` times per wake-up, thousands a second.)
+        assert busy < 1.0, f"{busy:.2f} s of CPU in 1.5 s at the fd limit: a busy loop"
+        assert answered.startswith(b"HTTP/1.1 404"), answered
+        assert "Too many open files" in log, f"nothing about EMFILE in the log:\n{log[-3000:]}"
+        assert (again.status, again.sha256) == (200, digest)
+        assert after is not None
+        assert_released(before, after)
+    finally:
+        stop(server)
+
+
+# ==== 3. paths that try to leave the root ==========================================================
+#
+# Each row is a request target sent as raw bytes ("{root}" is where the directory is mounted:
+# "" for `fastbody serve`, "/static" for the StaticFiles app), and the status each server must
+# answer. Why each status:
+# - 404: the name leads outside the root (StaticFiles' commonpath check on the real path: "..",
+#   encoded or not, symlinks leading out), names nothing there (a literal "%2e" or backslash, an
+#   overlong UTF-8 sequence or a lone %ff decoded to U+FFFD, a NUL decoded from %00, a name too
+#   long), is hidden (dotfiles), is no regular file (a directory without an index, a FIFO, a
+#   symlink loop), or a file asked for as a directory ("small.txt/"); also every target no
+#   route matches (asterisk-form, a relative or absolute-form target under h11).
+# - 400: the HTTP parser refuses the request line itself: a raw NUL or non-ASCII byte in the
+#   target (h11 and httptools), a target not starting with "/" (httptools), a 70 KB target
+#   (httptools always; h11 only when it arrives in more than one read).
+# - 200: the file inside the root it names once normalised ("small.txt/." is small.txt; a query
+#   is no part of the path; httptools drops a "#fragment", h11 keeps it in the name).
+# Never 500, never a hang, never a byte from outside the root or from a dotfile.
+
+LOOP_BUG = (
+    "BUG: a symlink loop inside the served directory is a 500 with a traceback (StaticFiles.lookup_path's"
+    " os.stat raises ELOOP; Starlette turns only ENAMETOOLONG into a 404)"
+)
+
+Statuses = int | frozenset[int]
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    target: bytes
+    static: Statuses  # fastbody's StaticFiles under uvicorn (h11)
+    serve: Statuses  # fastbody serve (httptools, uvloop)
+    body: str | None = None  # the file a 200 must be
+    bug: str | None = None
+    handoff: int | None = 404  # X-Accel-Redirect: /protected + the path (None: not sent)
+
+
+PATHS = [
+    Case("dotdot", b"{root}/../outside/secret.txt", 404, 404),
+    Case("dotdot-deep", b"{root}/../../../../../../etc/passwd", 404, 404),
+    Case("pct-dotdot", b"{root}/%2e%2e/outside/secret.txt", 404, 404),
+    Case("pct-dotdot-upper", b"{root}/%2E%2E/%2E%2E/etc/passwd", 404, 404),
+    Case("double-pct", b"{root}/%252e%252e/outside/secret.txt", 404, 404),
+    Case("dotdot-pct-slash", b"{root}/..%2foutside%2fsecret.txt", 404, 404),
+    Case("all-encoded", b"{root}/%2e%2e%2f%2e%2e%2fetc%2fpasswd", 404, 404),
+    Case("dot-pct-dot", b"{root}/.%2e/outside/secret.txt", 404, 404),
+    Case("backslash", b"{root}/..\\outside\\secret.txt", 404, 404),
+    Case("pct-backslash", b"{root}/..%5c..%5cetc%5cpasswd", 404, 404),
+    Case("sub-dotdot", b"{root}/sub/../../outside/secret.txt", 404, 404),
+    Case("sub-pct-dotdot", b"{root}/sub/%2e%2e/%2e%2e/outside/secret.txt", 404, 404),
+    Case("dot-dotdot", b"{root}/./../outside/secret.txt", 404, 404),
+    Case("double-slash-abs", b"{root}//etc/passwd", 404, 404),
+    Case("pct-slash-abs", b"{root}/%2fetc%2fpasswd", 404, 404),
+    Case("slashes-dotdot", b"{root}///..//..//etc/passwd", 404, 404),
+    Case("absolute-form", b"http://127.0.0.1{root}/../../etc/passwd", 404, 404),
+    Case("relative-target", b"../../etc/passwd", 404, 400),
+    Case("asterisk", b"*", 404, 404),
+    Case("pct-nul-ext", b"{root}/small.txt%00.png", 404, 404),
+    Case("pct-nul", b"{root}/%00", 404, 404),
+    Case("raw-nul", b"{root}/small.txt\x00", 400, 400),
+    Case("overlong-dotdot", b"{root}/%c0%ae%c0%ae/outside/secret.txt", 404, 404),
+    Case("overlong-slash", b"{root}/..%c0%af..%c0%afetc%c0%afpasswd", 404, 404),
+    Case("overlong-3byte", b"{root}/%e0%80%ae%e0%80%ae/outside/secret.txt", 404, 404),
+    Case("symlink-file-out", b"{root}/out.txt", 404, 404),
+    Case("symlink-dir-out", b"{root}/outdir/secret.txt", 404, 404),
+    Case("symlink-etc", b"{root}/etc/passwd", 404, 404),
+    Case("symlink-dev-zero", b"{root}/zero", 404, 404),
+    Case("symlink-loop", b"{root}/loop", 404, 404, bug=LOOP_BUG),
+    Case("fifo", b"{root}/fifo", 404, 404),
+    Case("dotfile", b"{root}/.env", 404, 404, handoff=200),
+    Case("pct-dotfile", b"{root}/%2eenv", 404, 404, handoff=200),
+    Case("dot-directory", b"{root}/.git/config", 404, 404, handoff=200),
+    Case("dotdot-to-dotfile", b"{root}/sub/../.env", 404, 404, handoff=200),
+    Case("directory", b"{root}/empty", 404, 404),
+    Case("directory-slash", b"{root}/empty/", 404, 404),
+    Case("directory-no-index", b"{root}/sub/", 404, 404),
+    Case("file-as-directory", b"{root}/small.txt/", 404, 404, handoff=200),
+    Case("file-slash-dot", b"{root}/small.txt/.", 200, 200, body="small.txt", handoff=200),
+    Case("long-name", b"{root}/" + b"a" * 300, 404, 404),
+    Case("deep-path", b"{root}/" + b"a/" * 2000, 404, 404),
+    Case("long-target-20k", b"{root}/" + b"a" * 20_000, 404, 404),
+    Case("long-target-70k", b"{root}/" + b"a" * 70_000, frozenset({400, 404}), 400, handoff=None),
+    Case("raw-non-utf8", b"{root}/\xff\xfe", 400, 400, handoff=None),
+    Case("pct-non-utf8", b"{root}/%ff%fe", 404, 404),
+    Case("query-dotdot", b"{root}/small.txt?../../etc/passwd", 200, 200, body="small.txt", handoff=200),
+    Case("fragment", b"{root}/small.txt#x", 404, 200, body="small.txt", handoff=200),
+    Case("inside", b"{root}/sub/inner.txt", 200, 200, body="sub/inner.txt", handoff=200),
+]
+
+
+@dataclass
+class Served:
+    """A server over ``site``'s root: where the root is mounted, the pid that serves."""
+
+    kind: str
+    server: Server
+    root: bytes
+    pid: int
+
+
+@pytest.fixture(scope="module")
+def static_app(site: tuple[Path, dict[str, bytes]], logs: Path) -> Iterator[Served]:
+    root, _ = site
+    env = {"FASTBODY_TEST_STATIC": str(root), "FASTBODY_TEST_FILE": str(root / "file.bin")}
+    port = free_port()
+    command = uvicorn_h11(port, "faults_resources_app:app")
+    running = launch(command, port, logs / f"static-{port}.log", env=env)
+    yield Served("StaticFiles (h11)", running, b"/static", int(running.info()["pid"]))
+    stop(running)
+
+
+@pytest.fixture(scope="module")
+def serve(site: tuple[Path, dict[str, bytes]], logs: Path) -> Iterator[Served]:
+    root, _ = site
+    running = start_serve(root, logs)
+    yield Served("fastbody serve", running, b"", running.process.pid)
+    stop(running)
+
+
+def warm(served: Served, files: dict[str, bytes]) -> Held:
+    """A warm-up request, then the server's holdings: the baseline."""
+    got = exchange(served.server.port, get(served.root + b"/file.bin"))
+    assert (got.status, sha(got.body)) == (200, sha(files["file.bin"]))
+    return held(served.pid)
+
+
+def target_of(case: Case, root: bytes) -> bytes:
+    return case.target.replace(b"{root}", root)
+
+
+def check_path(served: Served, case: Case, files: dict[str, bytes]) -> tuple[int, str | None]:
+    """The status ``case`` got, and what was wrong with the answer (None: nothing)."""
+    expected = case.static if served.root else case.serve
+    allowed = expected if isinstance(expected, frozenset) else frozenset({expected})
+    got = exchange(served.server.port, get(target_of(case, served.root)))
+    leaked = [marker for marker in NEVER if marker in got.body]
+    if leaked:
+        return got.status, f"bytes from outside the root or a dotfile: {leaked}"
+    if got.status not in allowed:
+        return got.status, f"{got.status}, not {sorted(allowed)}: {got.body[:200]!r}"
+    if got.status == 200 and (case.body is None or got.body != files[case.body]):
+        return got.status, f"a 200 with {got.body[:100]!r}"
+    return got.status, None
+
+
+@pytest.mark.parametrize("which", ["static", "serve"])
+def test_paths_never_leave_the_root(
+    which: str,
+    request: pytest.FixtureRequest,
+    site: tuple[Path, dict[str, bytes]],
+    fault_table: FaultTable,
+) -> None:
+    _, files = site
+    served: Served = request.getfixturevalue("static_app" if which == "static" else "serve")
+    before = warm(served, files)
+    logged = len(served.server.errors())
+    wrong: dict[str, str] = {}
+    statuses: dict[int, int] = {}
+    for case in PATHS:
+        if case.bug is not None:
+            continue  # its own test, below
+        status, problem = check_path(served, case, files)
+        statuses[status] = statuses.get(status, 0) + 1
+        if problem is not None:
+            wrong[case.id] = problem
+    after = settled(served.pid, before)
+    again = exchange(served.server.port, get(served.root + b"/file.bin"))
+    log = served.server.errors()[logged:]
+    fault_table.record(
+        f"{len(PATHS) - sum(case.bug is not None for case in PATHS)} traversal and odd paths (raw)",
+        served.kind,
+        f"statuses {dict(sorted(statuses.items()))}; wrong {len(wrong)}; whole after {again.status}",
+        before,
+        after,
+    )
+    assert not wrong, wrong
+    assert (again.status, sha(again.body)) == (200, sha(files["file.bin"]))
+    assert "Traceback" not in log, log[-3000:]
+    assert_released(before, after)
+
+
+@pytest.mark.parametrize("which", ["static", "serve"])
+@pytest.mark.parametrize("case", [case for case in PATHS if case.bug is not None], ids=lambda case: case.id)
+def test_path_bugs(
+    which: str,
+    case: Case,
+    request: pytest.FixtureRequest,
+    site: tuple[Path, dict[str, bytes]],
+    fault_table: FaultTable,
+) -> None:
+    assert case.bug is not None
+    request.applymarker(pytest.mark.xfail(strict=True, reason=case.bug))
+    _, files = site
+    served: Served = request.getfixturevalue("static_app" if which == "static" else "serve")
+    before = warm(served, files)
+    status, problem = check_path(served, case, files)
+    after = settled(served.pid, before)
+    fault_table.record(f"path {case.id}", served.kind, f"{status}: {problem or 'ok'}", before, after)
+    assert problem is None, problem
+    assert_released(before, after)
+
+
+# The same paths as X-Accel-Redirect values an app hands to the server (HandoffApp under
+# fastbody's h11 protocol, `/protected/` = the root): a refused name is a 404 and one warning;
+# a name inside the root is served, dotfiles included (what to hide is the app's choice there),
+# and as nginx takes the value: percent-decoded once, query and fragment cut off. One
+# difference from nginx, accepted here: "/protected/small.txt/" is small.txt (the name is
+# resolved by realpath, which drops the slash; nginx's open(2) would fail with ENOTDIR: 404).
+
+HANDOFF_BODIES = {
+    "dotfile": ".env",
+    "pct-dotfile": ".env",
+    "dotdot-to-dotfile": ".env",
+    "dot-directory": ".git/config",
+    "file-as-directory": "small.txt",
+}
+
+
+@pytest.fixture(scope="module")
+def handoff_app(site: tuple[Path, dict[str, bytes]], logs: Path) -> Iterator[Served]:
+    root, _ = site
+    port = free_port()
+    command = uvicorn_h11(port, "handoff_asgi_app:app")
+    env = {"FASTBODY_ACCEL_REDIRECT": f"/protected/={root}/"}
+    running = launch(command, port, logs / f"handoff-{port}.log", env=env)
+    yield Served("X-Accel-Redirect (h11)", running, b"/protected", int(running.info()["pid"]))
+    stop(running)
+
+
+def test_handed_off_paths_never_leave_the_root(
+    handoff_app: Served, site: tuple[Path, dict[str, bytes]], fault_table: FaultTable
+) -> None:
+    _, files = site
+    port = handoff_app.server.port
+
+    def hand(value: bytes) -> Raw:
+        query = b"name=X-Accel-Redirect&value=" + quote(value, safe="").encode()
+        return exchange(port, get(b"/hand?" + query))
+
+    got = hand(b"/protected/file.bin")  # warm-up
+    assert (got.status, sha(got.body)) == (200, sha(files["file.bin"]))
+    before, logged = held(handoff_app.pid), len(handoff_app.server.errors())
+    wrong: dict[str, str] = {}
+    statuses: dict[int, int] = {}
+    sent = [case for case in PATHS if case.handoff is not None]
+    for case in sent:
+        got = hand(target_of(case, b"/protected"))
+        statuses[got.status] = statuses.get(got.status, 0) + 1
+        expected = files[HANDOFF_BODIES.get(case.id) or case.body or ""] if case.handoff == 200 else None
+        if OUTSIDE_SECRET.strip() in got.body or b"root:x:0:0" in got.body:
+            wrong[case.id] = "bytes from outside the root"
+        elif got.status != case.handoff:
+            wrong[case.id] = f"{got.status}, not {case.handoff}: {got.body[:200]!r}"
+        elif expected is not None and got.body != expected:
+            wrong[case.id] = f"a 200 with {got.body[:100]!r}"
+    after = settled(handoff_app.pid, before)
+    log = handoff_app.server.errors()[logged:]
+    refused = sum(case.handoff == 404 for case in sent)
+    fault_table.record(
+        f"{len(sent)} traversal and odd X-Accel-Redirect values",
+        handoff_app.kind,
+        f"statuses {dict(sorted(statuses.items()))}; wrong {len(wrong)};"
+        f" warnings {log.count('answered 404')}",
+        before,
+        after,
+    )
+    assert not wrong, wrong
+    assert log.count("answered 404") == refused, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    assert_released(before, after)
