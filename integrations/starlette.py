@@ -86,11 +86,29 @@ BodySender = Callable[[Send], Awaitable[None]]
 
 @dataclass(frozen=True)
 class _Reply:
-    """What one request gets: a head, then whatever ``send_body`` sends."""
+    """What one request gets: a head, then whatever ``send_body`` sends.
+
+    ``listens``: some of the body goes as ``http.response.body`` messages (bytes read here, or
+    multipart boundaries). Only then does the response listen for ``http.disconnect`` beside
+    sending (Starlette's per-response task group, which costs more than the rest of a small
+    response): under ASGI 2.3 a server may drop, or hold, body messages to a closed
+    connection, so only the listener would end the response. A body wholly in messages of an
+    extension the server advertised (or no body) needs none: the server moves those bytes
+    itself and ends the transfer when the client goes (``send`` raises ``PeerClosedError``),
+    as for ``FileResponse``'s ``pathsend``.
+
+    ``opened``: the file this reply opened for its body; closed when the response is over.
+    """
 
     status: int
     headers: list[tuple[bytes, bytes]]
     send_body: BodySender
+    listens: bool
+    opened: io.FileIO | None = None
+
+    def close(self) -> None:
+        if self.opened is not None:
+            self.opened.close()
 
 
 class ZeroCopyResponse(StreamingResponse):
@@ -220,13 +238,23 @@ class ZeroCopyResponse(StreamingResponse):
         if body is None:
             await super().__call__(scope, receive, send)
             return
+        reply: _Reply | None = None
         try:
-            self._reply = await body.prepare(
+            reply = self._reply = await body.prepare(
                 scope, self.status_code, self.raw_headers, self._head_only(scope)
             )
-            # StreamingResponse runs stream_response beside listen_for_disconnect.
-            await super().__call__(scope, receive, send)
+            if reply.listens:
+                # StreamingResponse runs stream_response beside listen_for_disconnect.
+                await super().__call__(scope, receive, send)
+                return
+            # The server moves the body (or there is none): no task group, as FileResponse
+            # sends pathsend (see _Reply).
+            await self.stream_response(send)
+            if self.background is not None:
+                await self.background()
         finally:
+            if reply is not None:
+                reply.close()
             body.close()
 
     async def stream_response(self, send: Send) -> None:
@@ -313,7 +341,9 @@ class StaticFiles(staticfiles.StaticFiles):
         if (cache_control := representation.cache_control(name, self.max_age)) is not None:
             headers["cache-control"] = cache_control
         sent, sent_stat = full_path, stat_result
-        siblings = self._siblings(relative) if self.precompressed and relative and status_code == 200 else {}
+        siblings = {}
+        if self.precompressed and relative and status_code == 200:
+            siblings = self._siblings(relative, name)
         if siblings:
             headers["vary"] = "Accept-Encoding"
             accepted = representation.accepted_encodings(
@@ -338,27 +368,50 @@ class StaticFiles(staticfiles.StaticFiles):
             and not self.get_path(scope).endswith("index.html")
         )
 
-    def _siblings(self, relative: str) -> dict[str, tuple[str, os.stat_result]]:
-        """The precompressed siblings of ``relative`` that exist, by coding: each looked up as a
-        request for its own name would be (the same directories, the same symlink rule). On
-        the loop: StaticFiles has just looked up the original in a thread, so these stats come
-        from the dentry cache (nginx stats on its loop too)."""
+    def _siblings(self, relative: str, full_path: str) -> dict[str, tuple[str, os.stat_result]]:
+        """The precompressed siblings of ``relative`` (found at ``full_path``) that exist, by
+        coding: each looked up as a request for its own name would be (the same directories,
+        the same symlink rule). On the loop: StaticFiles has just looked up the original in a
+        thread, so these stats come from the dentry cache (nginx stats on its loop too)."""
         found: dict[str, tuple[str, os.stat_result]] = {}
         for coding, name in representation.sibling_names(relative):
             try:
-                path, stat_result = self.lookup_path(name)
-            except (OSError, ValueError):  # a name too long, a NUL: no sibling
+                path, stat_result = self._lookup_beside(name, full_path + name[len(relative) :])
+            except (OSError, ValueError):  # a name too long, a NUL, none there: no sibling
                 continue
             if stat_result is not None and stat.S_ISREG(stat_result.st_mode):
                 found[coding] = (path, stat_result)
         return found
 
+    def _lookup_beside(self, name: str, beside: str) -> tuple[str, os.stat_result | None]:
+        """``lookup_path(name)`` for the sibling ``name`` of a file ``lookup_path`` resolved,
+        whose sibling in the same directory is ``beside``; with one stat when that gives the
+        same answer (``lookup_path`` resolves every component of the path, one lstat each).
+
+        With one served directory, ``lookup_path(name)`` resolves to ``beside`` itself:
+        the original's path is resolved already (its directory lies inside the root), so only
+        the sibling's last component could still be a symlink. ``follow_symlink``: the names
+        are only made absolute, and stat follows links as ``lookup_path``'s does. Otherwise a
+        sibling that is no symlink is ``beside``; a symlink, or several directories (an
+        earlier one may hold the sibling), take ``lookup_path``'s own way. A sibling that is
+        not there raises ``FileNotFoundError``, where ``lookup_path`` gives ``("", None)``."""
+        if len(self.all_directories) == 1:
+            if self.follow_symlink:
+                return beside, os.stat(beside)
+            stat_result = os.lstat(beside)
+            if not stat.S_ISLNK(stat_result.st_mode):
+                return beside, stat_result
+        return self.lookup_path(name)
+
     def _relative(self, full_path: str) -> str | None:
         """``full_path`` as a path under one of the served directories (as ``get_path`` gives
-        them), or None for a file served from elsewhere (a ``packages`` directory it left)."""
+        them), or None for a file served from elsewhere (a ``packages`` directory it left).
+        Both are resolved (``lookup_path``'s and ``_roots``' rule), so being under a root is
+        a matter of its prefix."""
         for root in self._roots:
-            if os.path.commonpath([full_path, root]) == root:
-                return os.path.relpath(full_path, root)
+            prefix = root if root.endswith(os.sep) else root + os.sep
+            if full_path.startswith(prefix):
+                return full_path[len(prefix) :]
         return None
 
     @functools.cached_property
@@ -394,29 +447,45 @@ class _PathBody:
         stat_result = self.stat_result
         if stat_result is None:
             stat_result = await anyio.to_thread.run_sync(_stat_regular_file, self.path)
-        self.model.set_stat_headers(stat_result)  # setdefault: headers given by the app win
+            self.model.set_stat_headers(stat_result)  # setdefault: headers given by the app win
+        # (Given at construction, the model has its stat headers already.)
         fields = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
         method = "HEAD" if head_only else (scope["method"] if scope["type"] == "http" else "GET")
         request = dict(Headers(scope=scope).items())
         found = files.answer(method, request, fields, stat_result.st_size, status=status)
         head = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in found.headers]
         whole = found.status == status and found.parts == [FileRange(0, stat_result.st_size)]
-        return _Reply(found.status, head, self._sender(found.parts, _extensions(scope), whole=whole))
+        return self._reply(found.status, head, found.parts, _extensions(scope), whole=whole)
 
-    def _sender(self, parts: list[Part], extensions: Mapping[str, Any], *, whole: bool) -> BodySender:
+    def _reply(
+        self,
+        status: int,
+        head: list[tuple[bytes, bytes]],
+        parts: list[Part],
+        extensions: Mapping[str, Any],
+        *,
+        whole: bool,
+    ) -> _Reply:
         if not parts:
-            return _send_end
+            return _Reply(status, head, _send_end, listens=False)
         if ZEROCOPYSEND in extensions:
-            return partial(_send_path_parts, self.path, parts, zero_copy=True)
+            # Opened on the loop, with no await before the reply owns it (nothing can be lost
+            # to a cancellation): its stat was taken just now, in a thread, by StaticFiles or
+            # by prepare, so the open finds the name in the dentry cache (as the server's own
+            # open for pathsend does). One thread hop per response, not two.
+            file = _open_unbuffered(self.path)
+            send_body = partial(send_parts, file, parts, zero_copy=True)
+            boundaries = any(isinstance(part, bytes) for part in parts)  # multipart
+            return _Reply(status, head, send_body, listens=boundaries, opened=file)
         if whole and PATHSEND in extensions:
-            return partial(_send_pathsend, self.path)
-        return partial(_send_path_parts, self.path, parts, zero_copy=False)
+            return _Reply(status, head, partial(_send_pathsend, self.path), listens=False)
+        return _Reply(status, head, partial(_send_path_parts, self.path, parts), listens=True)
 
     def chunks(self) -> AsyncGenerator[bytes, None]:
         return _path_chunks(self.path)
 
     def close(self) -> None:
-        """Nothing to close: each send opens and closes its own file."""
+        """Nothing to close: each reply closes the file it opened."""
 
 
 class _FileBody:
@@ -434,9 +503,10 @@ class _FileBody:
     ) -> _Reply:
         parts: list[Part] = [] if head_only else [FileRange(self.offset, self.length)]
         if not parts:
-            return _Reply(status, headers, _send_end)
+            return _Reply(status, headers, _send_end, listens=False)
         zero_copy = ZEROCOPYSEND in _extensions(scope)
-        return _Reply(status, headers, partial(send_parts, self.file, parts, zero_copy=zero_copy))
+        send_body = partial(send_parts, self.file, parts, zero_copy=zero_copy)
+        return _Reply(status, headers, send_body, listens=not zero_copy)
 
     def guess_media_type(self, filename: str | None) -> str:
         """From ``filename`` or the file's own name; octet-stream otherwise, as FileResponse."""
@@ -462,10 +532,10 @@ class _StreamBody:
         self, scope: Scope, status: int, headers: list[tuple[bytes, bytes]], head_only: bool
     ) -> _Reply:
         if head_only:
-            return _Reply(status, headers, _send_end)
+            return _Reply(status, headers, _send_end, listens=False)
         if SPLICESEND in _extensions(scope):
-            return _Reply(status, headers, partial(_send_splice, self.stream, self.length))
-        return _Reply(status, headers, partial(_copy_stream, self.stream, self.length))
+            return _Reply(status, headers, partial(_send_splice, self.stream, self.length), listens=False)
+        return _Reply(status, headers, partial(_copy_stream, self.stream, self.length), listens=True)
 
     def guess_media_type(self, filename: str | None) -> str | None:
         """From ``filename``; none otherwise, as StreamingResponse."""
@@ -493,11 +563,10 @@ async def _send_splice(stream: HasFileno, count: int | None, send: Send) -> None
     await send({"type": SPLICESEND, "source": stream, "count": count, "more_body": False})
 
 
-async def _send_path_parts(
-    path: str | os.PathLike[str], parts: list[Part], send: Send, *, zero_copy: bool
-) -> None:
+async def _send_path_parts(path: str | os.PathLike[str], parts: list[Part], send: Send) -> None:
+    """The parts read from the file in threads, for a server without the extensions."""
     async with _opened(path) as file:
-        await send_parts(file, parts, send, zero_copy=zero_copy)
+        await send_parts(file, parts, send, zero_copy=False)
 
 
 async def _copy_stream(stream: HasFileno, count: int | None, send: Send) -> None:
@@ -537,6 +606,13 @@ async def _opened(path: str | os.PathLike[str]) -> AsyncIterator[io.BufferedRead
 
 def _open_binary(path: str | os.PathLike[str]) -> io.BufferedReader:
     return open(path, "rb")
+
+
+def _open_unbuffered(path: str | os.PathLike[str]) -> io.FileIO:
+    """The file for a zero-copy body, which the server reads by its fd (no buffer). Opened on
+    the loop: O_NONBLOCK, so that a FIFO put in the file's place since its stat cannot block
+    the loop in ``open`` (for a regular file the flag changes nothing)."""
+    return io.FileIO(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "r")
 
 
 def _fileno(content: object) -> int | None:

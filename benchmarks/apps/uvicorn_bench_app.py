@@ -8,12 +8,16 @@
   ``fastbody.response.splicesend``); without it a ``StreamingResponse`` of 64 KiB
   ``loop.sock_recv`` chunks, the way a stock Starlette app relays a socket;
 - ``/via``: how ``zc=1`` sends (``ZeroCopyResponse``, or the raw ASGI messages when
-  ``fastbody.integrations.starlette`` cannot be imported).
+  ``fastbody.integrations.starlette`` cannot be imported);
+- ``/zc?path=P``: ``ZeroCopyResponse(P)``, the response ``FileResponse`` is measured against;
+- ``/static/NAME`` and ``/starlette-static/NAME``: fastbody's and Starlette's ``StaticFiles`` over
+  ``$FASTBODY_BENCH_STATIC`` (their defaults; unset: nothing is mounted).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,12 +25,13 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles as StarletteStaticFiles
 
 try:
-    from fastbody.integrations.starlette import ZeroCopyResponse
+    from fastbody.integrations.starlette import StaticFiles, ZeroCopyResponse
 except ImportError:  # not there yet: send what it would send (see SpliceSend)
-    ZeroCopyResponse = None  # type: ignore[assignment,misc]
+    StaticFiles, ZeroCopyResponse = None, None  # type: ignore[assignment,misc]
 
 CHUNK = 64 << 10
 MEDIA = "application/octet-stream"
@@ -85,6 +90,23 @@ async def from_socket(request: Request) -> Any:
     return ZeroCopyResponse(sock, count=size, media_type=MEDIA)
 
 
+async def zero_copy(request: Request) -> Any:
+    if ZeroCopyResponse is None:
+        return PlainTextResponse("no ZeroCopyResponse here", status_code=501)
+    return ZeroCopyResponse(request.query_params["path"], media_type=MEDIA)
+
+
+def static_mounts(directory: str | None) -> list[BaseRoute]:
+    """Both StaticFiles over ``directory``, with their defaults (fastbody's: br/gz siblings,
+    Cache-Control), as an app mounts them."""
+    if not directory:
+        return []
+    mounts: list[BaseRoute] = [Mount("/starlette-static", StarletteStaticFiles(directory=directory))]
+    if StaticFiles is not None:
+        mounts.append(Mount("/static", StaticFiles(directory=directory)))
+    return mounts
+
+
 async def via(request: Request) -> PlainTextResponse:
     return PlainTextResponse("raw ASGI splicesend" if ZeroCopyResponse is None else "ZeroCopyResponse")
 
@@ -95,5 +117,7 @@ app = Starlette(
         Route("/file", file),
         Route("/socket", from_socket),
         Route("/via", via),
+        Route("/zc", zero_copy),
+        *static_mounts(os.environ.get("FASTBODY_BENCH_STATIC")),
     ]
 )
