@@ -129,7 +129,7 @@ def parse(answer: bytes, reset: bool = False) -> Raw:
 
 def get(target: bytes, *fields: str) -> bytes:
     lines = [b"GET " + target + b" HTTP/1.1", b"Host: 127.0.0.1", b"Connection: close"]
-    lines += [line.encode("latin-1") for line in fields]
+    lines += [line.encode() for line in fields]  # UTF-8: ASCII as is, other bytes as a client may send them
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
@@ -238,6 +238,17 @@ def hog() -> Iterator[Hog]:
         assert process.stdin is not None and process.stdout is not None
         process.stdin.close()
         process.stdout.close()
+    # The budget is the user's, for every test run as nobody after us: it must be back.
+    wait_until(budget_left, 10, "user nobody can grow a pipe to 1 MiB again")
+
+
+def budget_left() -> bool:
+    """Whether a process of ``nobody`` can grow a pipe to 1 MiB (the user's budget not spent)."""
+    probe = "import fcntl, os; r, w = os.pipe(); fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)"
+    return (
+        subprocess.run([*AS_NOBODY, sys.executable, "-c", probe], capture_output=True, timeout=30).returncode
+        == 0
+    )
 
 
 @dataclass
@@ -495,6 +506,8 @@ EMFILE_BUG_SERVE = (
 def test_at_the_fd_limit(
     kind: str, site: tuple[Path, dict[str, bytes]], logs: Path, fault_table: FaultTable
 ) -> None:
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit not installed (util-linux)")
     root, files = site
     env = {"FASTBODY_TEST_STATIC": str(root), "FASTBODY_TEST_FILE": str(root / "file.bin")}
     port = free_port()
@@ -837,5 +850,157 @@ def test_handed_off_paths_never_leave_the_root(
     )
     assert not wrong, wrong
     assert log.count("answered 404") == refused, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    assert_released(before, after)
+
+
+# ==== 4. Range abuse ==============================================================================
+#
+# integrations/files/ranges.py: more than MAX_RANGES (100) range-specs in one header is no
+# client reading a file: the whole file (200); overlapping and adjacent ranges are merged (so
+# "0-,0-,0-..." is one 206 of the file, never the file many times: Apache's CVE-2011-3192); a
+# header that does not parse is ignored (200), as nginx ignores it; nothing satisfiable is a 416
+# with "bytes */size"; numbers of any length are taken as what they mean (past the size: the
+# size). For comparison: Starlette's FileResponse also merges overlapping ranges but puts no cap
+# on their number and answers 400 for a header it cannot parse; nginx does not merge, has no cap
+# by default (max_ranges), and sends the whole file when the ranges add up to more than it.
+# So a response is at most the file plus the multipart framing of 100 parts.
+
+WHOLE = "whole"
+SIZE = MIB
+FRAMING = 200  # bytes of multipart framing per part at most (boundary, Content-Type, Content-Range)
+
+Expected = str | int | list[tuple[int, int]]  # WHOLE, 416, or the half-open ranges of a 206
+
+RANGES: list[tuple[str, str, Expected]] = [
+    ("1000-ranges", "bytes=" + ",".join(f"{i}-{i}" for i in range(0, 2000, 2)), WHOLE),
+    ("101-ranges", "bytes=" + ",".join(f"{i}-{i}" for i in range(0, 202, 2)), WHOLE),
+    (
+        "100-ranges",
+        "bytes=" + ",".join(f"{i}-{i}" for i in range(0, 200_000, 2000)),
+        [(i, i + 1) for i in range(0, 200_000, 2000)],
+    ),
+    ("50-whole-overlapping", "bytes=" + ",".join(["0-"] * 50), [(0, SIZE)]),
+    ("100-whole-suffixes", "bytes=" + ",".join([f"-{SIZE}"] * 100), [(0, SIZE)]),
+    ("overlapping", "bytes=0-499,100-599,200-699", [(0, 700)]),
+    ("adjacent", "bytes=0-99,100-199", [(0, 200)]),
+    ("unsorted-overlapping", "bytes=500-999,0-599", [(0, 1000)]),
+    ("nested", "bytes=10-20,0-999,5-6", [(0, 1000)]),
+    ("unsorted-apart", "bytes=900-999,0-9", [(0, 10), (900, 1000)]),
+    ("suffix-beyond-size", "bytes=-999999999", [(0, SIZE)]),
+    ("first-and-last", "bytes=0-0,-1", [(0, 1), (SIZE - 1, SIZE)]),
+    ("end-beyond-size", f"bytes={SIZE - 6}-2000000", [(SIZE - 6, SIZE)]),
+    ("huge-start", "bytes=99999999999999999999999-", 416),
+    ("huge-end", "bytes=0-99999999999999999999999", [(0, SIZE)]),
+    ("5000-digit-end", "bytes=0-" + "9" * 5000, [(0, SIZE)]),
+    ("5000-digit-start", "bytes=" + "9" * 5000 + "-", 416),
+    ("start-at-size", f"bytes={SIZE}-", 416),
+    ("zero-suffix", "bytes=-0", 416),
+    ("double-minus", "bytes=--5", WHOLE),
+    ("negative-range", "bytes=-5-10", WHOLE),
+    ("reversed", "bytes=5-1", WHOLE),
+    ("one-reversed-of-two", "bytes=0-5,9-1", WHOLE),
+    ("garbage", "bytes=abc", WHOLE),
+    ("hex", "bytes=0x10-0x20", WHOLE),
+    ("three-numbers", "bytes=1-2-3", WHOLE),
+    ("plus-sign", "bytes=+0-5", WHOLE),
+    ("no-dash", "bytes=5", WHOLE),
+    ("other-unit", "items=0-5", WHOLE),
+    ("empty-set", "bytes=", WHOLE),
+    ("only-commas", "bytes=,,,,", WHOLE),
+    ("empty-elements", "bytes=0-4,,,,8-9", [(0, 5), (8, 10)]),
+    ("spaces", "bytes=0-5, 3-8", [(0, 9)]),
+    ("arabic-digits", "bytes=\u0661-\u0662", WHOLE),
+    ("fullwidth-digits", "bytes=\uff10-\uff15", WHOLE),
+    ("8k-header", "bytes=" + "0-0," * 2000, WHOLE),
+]
+
+
+def multipart(body: bytes, boundary: bytes) -> list[tuple[int, int, bytes]]:
+    """The parts of a ``multipart/byteranges`` body: (start, end, bytes), end half-open."""
+    parts: list[tuple[int, int, bytes]] = []
+    at = 0
+    while True:
+        assert body.startswith(b"--" + boundary, at), body[at : at + 100]
+        at += len(boundary) + 2
+        if body.startswith(b"--", at):
+            assert at + 2 == len(body), f"{len(body) - at - 2} bytes after the closing boundary"
+            return parts
+        head_end = body.index(b"\r\n\r\n", at)
+        fields = dict(line.split(": ", 1) for line in body[at + 2 : head_end].decode("latin-1").split("\r\n"))
+        first, last = fields["Content-Range"].removeprefix("bytes ").split("/")[0].split("-")
+        start, end = int(first), int(last) + 1
+        at = head_end + 4
+        parts.append((start, end, body[at : at + end - start]))
+        at += end - start
+        if body.startswith(b"\r\n", at):
+            at += 2
+
+
+def check_range(port: int, target: bytes, header: str, expected: Expected, data: bytes) -> str | None:
+    """What is wrong with the answer to ``Range: header`` (None: nothing)."""
+    got = exchange(port, get(target, f"Range: {header}"))
+    if len(got.body) > SIZE + 100 * FRAMING:
+        return f"{len(got.body)} bytes for a file of {SIZE}: amplified"
+    if expected == WHOLE:
+        if (got.status, sha(got.body)) != (200, sha(data)):
+            return f"{got.status} with {len(got.body)} bytes, not the whole file"
+        return None if "content-range" not in got.headers else "a 200 with a Content-Range"
+    if expected == 416:
+        if (got.status, got.body, got.headers.get("content-range")) != (416, b"", f"bytes */{SIZE}"):
+            return f"{got.status} {got.headers.get('content-range')} {got.body[:100]!r}, not a 416"
+        return None
+    assert isinstance(expected, list)
+    if got.status != 206:
+        return f"{got.status}, not 206"
+    if len(expected) == 1:
+        (start, end), *_ = expected
+        if got.headers.get("content-range") != f"bytes {start}-{end - 1}/{SIZE}":
+            return f"Content-Range {got.headers.get('content-range')} for {expected}"
+        return None if sha(got.body) == sha(data[start:end]) else "the range's bytes differ from the file's"
+    kind, _, boundary = got.headers.get("content-type", "").partition("; boundary=")
+    if kind != "multipart/byteranges":
+        return f"Content-Type {got.headers.get('content-type')!r} for {len(expected)} ranges"
+    parts = multipart(got.body, boundary.encode())
+    if [(start, end) for start, end, _ in parts] != expected:
+        return f"parts {[(start, end) for start, end, _ in parts][:5]}..., not {expected[:5]}..."
+    if any(sha(part) != sha(data[start:end]) for start, end, part in parts):
+        return "a part's bytes differ from the file's"
+    if len(got.body) > sum(end - start for start, end in expected) + FRAMING * len(expected):
+        return f"{len(got.body)} bytes of multipart for {len(expected)} parts"
+    return None
+
+
+@pytest.mark.parametrize("which", ["StaticFiles", "ZeroCopyResponse", "serve"])
+def test_range_abuse(
+    which: str,
+    request: pytest.FixtureRequest,
+    site: tuple[Path, dict[str, bytes]],
+    fault_table: FaultTable,
+) -> None:
+    _, files = site
+    data = files["file.bin"]
+    served: Served = request.getfixturevalue("serve" if which == "serve" else "static_app")
+    target = {"StaticFiles": b"/static/file.bin", "ZeroCopyResponse": b"/file", "serve": b"/file.bin"}[which]
+    got = exchange(served.server.port, get(target, "Range: bytes=0-9"))  # warm-up
+    assert (got.status, got.body) == (206, data[:10])
+    before, logged = held(served.pid), len(served.server.errors())
+    wrong = {
+        name: problem
+        for name, header, expected in RANGES
+        if (problem := check_range(served.server.port, target, header, expected, data))
+    }
+    after = settled(served.pid, before)
+    log = served.server.errors()[logged:]
+    fault_table.record(
+        f"{len(RANGES)} abusive Range headers (1000 ranges, overlapping, huge, garbage)",
+        {"StaticFiles": "StaticFiles (h11)", "ZeroCopyResponse": "ZeroCopyResponse (h11)"}.get(
+            which, served.kind
+        ),
+        f"wrong {len(wrong)}",
+        before,
+        after,
+    )
+    assert not wrong, wrong
     assert "Traceback" not in log, log[-3000:]
     assert_released(before, after)
