@@ -1,5 +1,5 @@
-"""What the server benchmarks share: a CPU clock per process, a raw-socket client, a feeder,
-wrk, tables.
+"""What the server benchmarks share: a CPU clock per process, what a process holds (fds, pipes,
+RSS), a raw-socket client, a feeder, wrk, tables.
 
 The benchmarks (``gunicorn.py``, ``uvicorn.py``, ``proxy.py``) start real servers as child
 processes on 127.0.0.1 and measure, from this process, the server's own CPU (the run time of the
@@ -73,6 +73,36 @@ def children(pid: int) -> list[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         found += [int(child) for child in (task / "children").read_text().split()]
     return found
+
+
+@dataclass(frozen=True)
+class Held:
+    """What a process holds now: its open fds, how many of them are pipes, its RSS in MiB."""
+
+    fds: int
+    pipes: int
+    rss_mib: float
+
+    def __str__(self) -> str:
+        return f"{self.fds}/{self.pipes}/{self.rss_mib:.0f}"
+
+
+def held(pid: int) -> Held:
+    """``pid``'s holdings from ``/proc/PID``: every fd in ``fd/`` (one closed while listed is not
+    counted), those whose link is ``pipe:[...]``, and ``VmRSS`` from ``status``. A process that is
+    gone is a ``ProcessLookupError``."""
+    fds = pipes = 0
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+        for name in names:
+            with suppress(FileNotFoundError):
+                pipes += os.readlink(f"/proc/{pid}/fd/{name}").startswith("pipe:")
+                fds += 1
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError as error:
+        raise ProcessLookupError(pid) from error
+    rss = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+    return Held(fds, pipes, int(rss[1]) / KIB if rss else 0.0)
 
 
 def free_port() -> int:

@@ -234,3 +234,34 @@ def test_bench_in_a_log_writes_no_carriage_return(tmp_path: Path) -> None:
     steps = [line for line in written.splitlines() if "] [" in line]
     assert len(steps) >= 30  # every benchmark's every step, one line each
     assert written.count("] done") == 3
+
+
+# The soak
+
+
+def test_soak_for_15_seconds_passes() -> None:
+    """benchmarks/soak.py, briefly: every server started and soaked, the table, and PASS."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "soak.py"), "--seconds", "15"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    head = "| server | requests | correct | wrong | aborted | errors | fds start/max/end |"
+    assert any(line.startswith(head) for line in lines), done.stdout
+    rows = [line.split(" | ") for line in lines if line.startswith("| ") and not line.startswith(head)]
+    assert [row[0] for row in rows] == [
+        "| gunicorn sync",
+        "| gunicorn gthread",
+        "| uvicorn H11Protocol",
+        "| uvicorn HttpToolsProtocol",
+        "| ReverseProxy (uvicorn)",
+        "| fastbody serve",
+    ]
+    assert all(int(row[2]) > 0 and row[3] == "0" and row[5] == "0" for row in rows), done.stdout
+    assert lines[-1] == "soak: PASS"
+    assert "\r" not in done.stderr  # not a terminal: plain progress lines, no tqdm bar
