@@ -45,6 +45,8 @@ SUITE = (
     Benchmark("gunicorn.py", "gunicorn workers", ("--quick", "--repeat", "1"), (), 3, 1500),
     Benchmark("uvicorn.py", "uvicorn and Starlette", ("--quick", "--repeat", "1"), (), 4, 1500),
     Benchmark("proxy.py", "reverse proxies", ("--quick", "--repeat", "1"), (), 6, 1500),
+    Benchmark("static.py", "static files and peers", ("--quick", "--repeat", "1"), (), 6, 1200),
+    Benchmark("fairness.py", "fairness under 200 downloads", ("--quick", "--repeat", "1"), (), 3, 900),
 )
 QUICK_LIMIT = 180
 """Seconds one benchmark may run with --quick (or --tiny) before it is stopped."""

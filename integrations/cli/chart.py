@@ -1,6 +1,7 @@
 """``results.png``: the report's rows as bars, one group per scenario, stock, fastbody and peers
-side by side in it, each bar's value written on it. Two panels: server CPU seconds per GiB (the
-big bodies, their MB/s beside the value) and requests per second (the wrk runs)."""
+side by side in it, each bar's value written on it. Up to three panels: server CPU seconds per
+GiB (the big bodies, their MB/s beside the value), requests per second (the wrk runs), and a
+small request's p99 latency beside many big downloads (the fairness runs)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ def panels(rows: list[Row]) -> list[Panel]:
     """What each panel draws, in the report's order; a panel with nothing to draw is left out."""
     cpu = Panel("server CPU seconds per GiB, lower is better (MB/s beside each value)", [])
     rate = Panel("requests per second (wrk -t1 -c8), higher is better", [])
+    latency = Panel("probe p99 ms beside many big downloads, lower is better", [])
     for row in rows:
         if row.cpu_s_per_gib is not None:
             text = f"{row.cpu_s_per_gib:.3f} s/GiB"
@@ -52,7 +54,9 @@ def panels(rows: list[Row]) -> list[Panel]:
             cpu.values.append((row.scenario, row.server, row.cpu_s_per_gib, text))
         if row.req_s is not None:
             rate.values.append((row.scenario, row.server, row.req_s, f"{row.req_s:.0f}"))
-    return [panel for panel in (cpu, rate) if panel.values]
+        if row.p99_ms is not None:
+            latency.values.append((row.scenario, row.server, row.p99_ms, f"{row.p99_ms:.1f} ms"))
+    return [panel for panel in (cpu, rate, latency) if panel.values]
 
 
 def wrap(text: str, width: int) -> str:

@@ -36,12 +36,13 @@ class Row:
     mb_s: float | None = None
     cpu_s_per_gib: float | None = None
     req_s: float | None = None
+    p99_ms: float | None = None  # a probe's p99 latency beside big downloads (the fairness tables)
 
 
 def parse_rows(markdown: str) -> list[Row]:
     """Rows of every table that has a server (or proxy) column and either an MB/s and a CPU s/GiB
-    column or a requests/s column. A table with a body column (the wrk ones) is one scenario per
-    body size."""
+    column or a requests/s column, or a probe p99 column (with or without the first two). A table
+    with a body column (the wrk ones) is one scenario per body size."""
     rows: list[Row] = []
     benchmark = scenario = ""
     header: list[str] | None = None
@@ -76,11 +77,14 @@ def _row(scenario: str, header: list[str], cells: list[str]) -> Row | None:
     if server is None or len(cells) != len(header):
         return None
     mb_s, cpu, req_s = number(column("mb/s")), number(column("s/gib")), number(column("requests/s"))
+    p99 = number(column("p99"))
     body = header.index("body") if "body" in header else None  # not "body path"
     if body is not None:  # a wrk table: one scenario per body size
         scenario = f"{scenario}, {cells[body]}"
     if req_s is not None:
         return Row(scenario, cells[server], req_s=req_s)
     if mb_s is not None and cpu is not None:
-        return Row(scenario, cells[server], mb_s=mb_s, cpu_s_per_gib=cpu)
+        return Row(scenario, cells[server], mb_s=mb_s, cpu_s_per_gib=cpu, p99_ms=p99)
+    if p99 is not None:
+        return Row(scenario, cells[server], p99_ms=p99)
     return None
