@@ -209,7 +209,9 @@ def read_chunk_end(sock: socket.socket) -> Step[None]:
 def read_trailers(sock: socket.socket) -> Step[None]:
     """Trailer fields after the last chunk (dropped: hop-by-hop to this proxy), up to the blank
     line. A bare CR or LF in one is refused: h11 would end the trailers at a bare LF's blank
-    line, and the two readers would disagree about where the message ends."""
+    line, and the two readers would disagree about where the message ends. So is a section
+    h11 refuses (a line that is no field, a bad Content-Length): the same verdict as h11's."""
+    lines = []
     total = 0
     while (line := (yield from _take_through(sock, b"\r\n", MAX_LINE, "trailer"))) != b"\r\n":
         if b"\n" in line[:-2] or b"\r" in line[:-2]:
@@ -217,6 +219,28 @@ def read_trailers(sock: socket.socket) -> Step[None]:
         total += len(line)
         if total > MAX_HEAD:
             raise UpstreamError("upstream trailers too large")
+        lines.append(line)
+    if lines:
+        _check_trailers(b"".join(lines))
+
+
+_LAST_CHUNK = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n"
+
+
+def _check_trailers(lines: bytes) -> None:
+    """``UpstreamError`` unless h11 reads ``lines`` (CRLF-ended field lines) as a trailer
+    section: h11's own parse of a last chunk carrying them is the verdict."""
+    reader = h11.Connection(h11.CLIENT)
+    reader.send(h11.Request(method="GET", target="/", headers=[("Host", "upstream")]))
+    reader.receive_data(_LAST_CHUNK + lines + b"\r\n")
+    try:
+        while not isinstance(event := reader.next_event(), h11.EndOfMessage):
+            if event is h11.NEED_DATA:
+                raise UpstreamError("upstream trailers not where h11 ends them")
+    except h11.RemoteProtocolError as error:
+        raise UpstreamError(f"upstream sent invalid trailers: {error}") from None
+    if reader.trailing_data[0]:
+        raise UpstreamError("upstream trailers not where h11 ends them")
 
 
 def chunk_after(sock: socket.socket) -> Step[int]:
