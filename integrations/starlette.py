@@ -193,17 +193,19 @@ class ZeroCopyResponse(StreamingResponse):
         stat_result: os.stat_result | None,
         content_disposition_type: str,
     ) -> None:
-        # A FileResponse builds the headers (media type, Accept-Ranges, Content-Disposition, stat
-        # headers) and keeps doing so at request time: both responses share one header list.
+        # A FileResponse builds the headers (media type, Accept-Ranges, Content-Disposition) and
+        # the stat headers follow, in its order (now, or at request time for a path not yet
+        # stat'ed): both responses share one header list.
         model = FileResponse(
             path,
             status_code,
             headers,
             media_type,
             filename=filename,
-            stat_result=stat_result,
             content_disposition_type=content_disposition_type,
         )
+        if stat_result is not None:
+            _set_stat_headers(model.raw_headers, stat_result)
         self.status_code = status_code
         self.media_type = model.media_type
         self.raw_headers = model.raw_headers
@@ -447,11 +449,12 @@ class _PathBody:
         stat_result = self.stat_result
         if stat_result is None:
             stat_result = await anyio.to_thread.run_sync(_stat_regular_file, self.path)
-            self.model.set_stat_headers(stat_result)  # setdefault: headers given by the app win
+            _set_stat_headers(self.model.raw_headers, stat_result)
         # (Given at construction, the model has its stat headers already.)
         fields = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
         method = "HEAD" if head_only else (scope["method"] if scope["type"] == "http" else "GET")
-        request = dict(Headers(scope=scope).items())
+        # By name, the last of a repeated field winning (as dict(Headers(scope=scope).items())).
+        request = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
         found = files.answer(method, request, fields, stat_result.st_size, status=status)
         head = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in found.headers]
         whole = found.status == status and found.parts == [FileRange(0, stat_result.st_size)]
@@ -657,6 +660,27 @@ def _stat_regular_file(path: str | os.PathLike[str]) -> os.stat_result:
     if not stat.S_ISREG(stat_result.st_mode):
         raise RuntimeError(f"File at path {path} is not a file.")
     return stat_result
+
+
+def _set_stat_headers(raw_headers: list[tuple[bytes, bytes]], stat_result: os.stat_result) -> None:
+    """``FileResponse.set_stat_headers``: Content-Length, Last-Modified and ETag, in that order,
+    each unless the app gave it (its ``setdefault``); the validators made once per version of
+    a file (their md5 and date cost more than the rest of the head)."""
+    etag, last_modified = _validators(stat_result.st_size, stat_result.st_mtime)
+    present = {name for name, _ in raw_headers}
+    stat_headers = (
+        (b"content-length", b"%d" % stat_result.st_size),
+        (b"last-modified", last_modified),
+        (b"etag", etag),
+    )
+    raw_headers += [(name, value) for name, value in stat_headers if name not in present]
+
+
+@functools.lru_cache(maxsize=1024)
+def _validators(size: int, mtime: float) -> tuple[bytes, bytes]:
+    """ETag and Last-Modified of a file of ``size`` bytes modified at ``mtime`` (FileResponse's)."""
+    etag, last_modified = representation.validators(size, mtime)
+    return etag.encode("latin-1"), last_modified.encode("latin-1")
 
 
 def _close(source: object) -> None:
