@@ -44,6 +44,7 @@ the workers wrap the app so that, before it runs, that response becomes a ``Fast
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import threading
@@ -347,10 +348,37 @@ class Heartbeat:
             time.sleep(self.interval)
 
 
+OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+"""accept(2) errors that say the process (or the system) has no room for a connection now."""
+
+ACCEPT_PAUSE = 1.0
+"""Seconds a worker out of fds stops accepting, as asyncio does (``ACCEPT_RETRY_DELAY``): the
+connections waiting stay in the backlog and are taken once fds are free again."""
+
+
+def _out_of_fds(error: OSError) -> bool:
+    if error.errno not in OUT_OF_FDS:
+        return False
+    log.error("fastbody: accept() failed (%s): no new connections for %.0f s", error.strerror, ACCEPT_PAUSE)
+    return True
+
+
 class FastSync(SyncWorker):  # type: ignore[misc]
-    """gunicorn's sync worker with fastbody bodies (``-k egg:fastbody#sync``)."""
+    """gunicorn's sync worker with fastbody bodies (``-k egg:fastbody#sync``).
+
+    Out of fds, it waits ``ACCEPT_PAUSE`` and accepts again; gunicorn's own lets the error end
+    the worker, resetting the connections in its backlog."""
 
     wsgi: WSGIApp
+
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            super().accept(listener)
+        except OSError as error:
+            if not _out_of_fds(error):
+                raise
+            self.notify()
+            time.sleep(ACCEPT_PAUSE)
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
@@ -367,9 +395,27 @@ class FastSync(SyncWorker):  # type: ignore[misc]
 class FastThread(ThreadWorker):  # type: ignore[misc]
     """gunicorn's gthread worker with fastbody bodies (``-k egg:fastbody#gthread``).
 
-    Its main thread notifies the arbiter whatever the request threads are doing."""
+    Its main thread notifies the arbiter whatever the request threads are doing. Out of fds,
+    it stops accepting for ``ACCEPT_PAUSE`` while it goes on serving the connections it has;
+    gunicorn's own lets the error end the worker, resetting every connection it holds."""
 
     wsgi: WSGIApp
+    _accept_again_at = 0.0  # monotonic time before which accepting stays off
+
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            super().accept(listener)
+        except OSError as error:
+            if not _out_of_fds(error):
+                raise
+            self._accept_again_at = time.monotonic() + ACCEPT_PAUSE
+            self.set_accept_enabled(False)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        # The main loop turns accepting back on whenever it has room for connections: not
+        # before the pause is over (its poll wakes at least once a second to check).
+        if not enabled or time.monotonic() >= self._accept_again_at:
+            super().set_accept_enabled(enabled)
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
