@@ -30,6 +30,7 @@ the same bytes go out as ordinary ``http.response.body`` messages.
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import os
@@ -323,6 +324,14 @@ class StaticFiles(staticfiles.StaticFiles):
         if not self.dotfiles and _hidden(path):
             raise HTTPException(status_code=404)
         return await super().get_response(path, scope)
+
+    def lookup_path(self, path: str) -> tuple[str, os.stat_result | None]:
+        try:
+            return super().lookup_path(path)
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise
+            return "", None  # a symlink loop names no file: a 404 (Starlette's own: a 500)
 
     def file_response(
         self,
