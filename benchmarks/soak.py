@@ -29,10 +29,13 @@ closed (half of them with a reset); or a stall, a tiny receive buffer and nothin
 s, then the head read and the connection closed. Requests ask for a whole file (1 KiB, 64 KiB,
 1 MiB or 16 MiB), a random range of one, its HEAD, or the same bytes as a socket or pipe body.
 Every complete body is checked against the file's sha256 (and its status, Content-Length,
-Content-Range). The first ``max(2 s, 5 %)`` (at most 30 s) are a warm-up; then traffic pauses,
-each serving process is sampled (the "start"), traffic resumes, is sampled every 10 s (the
-"max"), stops at the deadline, and once in-flight work has settled (at most 20 s) the "end" is
-sampled.
+Content-Range). A kept-alive connection closed or reset before the first byte of the answer to
+a request reused on it is retried once on a new one, as HTTP clients do (a server may close an
+idle connection; gunicorn's gthread worker, stock or fastbody's, resets a few while its threads
+are held by stalled clients); the notes count those. The first ``max(2 s, 5 %)`` (at most 30
+s) are a warm-up; then traffic pauses, each serving process is sampled (the "start"), traffic
+resumes, is sampled every 10 s (the "max"), stops at the deadline, and once in-flight work has
+settled (at most 20 s) the "end" is sampled.
 
 Reading the result: one Markdown table, a row per server: requests done, complete and correct,
 wrong (a body, status or length that is not the file's), aborted (our own aborts and stalls),
@@ -40,7 +43,8 @@ errors (a 5xx, a connection closed or reset before the end of a complete request
 fds, pipes (fds whose link is ``pipe:``) and RSS at start / max / end. Then ``soak: PASS``, or
 ``soak: FAIL (<reasons>)`` for any wrong body, any server error, a serving process that died or
 was replaced, fds more than 16 or pipes more than 8 above start at the end, RSS at the end more
-than 32 MiB above start, a traceback in a server's log, or a server that completed no request.
+than 32 MiB above start, a traceback or an ERROR line in a server's log (a body whose source
+failed; a client that leaves is only INFO), or a server that completed no request.
 Exit status 0 or 1. Notes under the table give the first few failures per server, and stderr the
 log of each server that failed. Speed is not judged: the figures are noisy.
 
@@ -56,6 +60,7 @@ import hashlib
 import io
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -89,6 +94,7 @@ SAMPLE_EVERY = 10.0  # seconds between two samples of the serving processes
 SETTLE = 20.0  # seconds the end sample waits for in-flight work to be released
 FD_SLACK, PIPE_SLACK, RSS_SLACK_MIB = 16, 8, 32.0
 NOTES = 5  # failures noted per server
+TROUBLE = re.compile(r"^Traceback|\[ERROR\]|^ERROR:")  # a log line that fails the soak
 
 
 # The servers
@@ -147,8 +153,11 @@ class Server(harness.Program):
             return sorted(harness.children(self.process.pid))
         return []
 
-    def tracebacks(self) -> int:
-        return self.log.read_text(errors="replace").count("Traceback") if self.log.exists() else 0
+    def troubles(self) -> list[str]:
+        """Its log's tracebacks and ERROR lines (gunicorn's ``[ERROR]``, uvicorn's ``ERROR:``):
+        a client that leaves is an INFO line, a body whose source failed an ERROR."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return [line for line in text.splitlines() if TROUBLE.search(line)]
 
 
 def python(*arguments: str) -> list[str]:
@@ -555,7 +564,7 @@ class Client:
                         if connection is not None:
                             connection.close()
                         if broken.fresh and attempt == 1 and connection is not None:
-                            tally.retry(f"{ask}, after {connection.last}")
+                            tally.retry(f"{ask}, after {connection.last}: {broken}")
                             connection = None
                             continue
                         connection = None
@@ -744,8 +753,8 @@ def failures(server: Server, tally: Tally, watch: Watch) -> list[str]:
     found += watch.lost
     assert watch.end is not None
     found += leaked(watch.start, watch.end)
-    if tracebacks := server.tracebacks():
-        found.append(f"{tracebacks} tracebacks in its log")
+    if troubles := server.troubles():
+        found.append(f"{len(troubles)} tracebacks or ERROR lines in its log, the first: {troubles[0][:200]}")
     return found
 
 
