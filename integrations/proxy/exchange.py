@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import re
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -164,6 +165,8 @@ class Exchange:
         response, delimited = yield from read_head(sock, self.conn, self.method)
         if not sendable(response.status_code, named_only=named_only):
             raise UpstreamError(f"upstream answered status {response.status_code}, which is not forwarded")
+        if has_control_byte(response):
+            raise UpstreamError("upstream sent a control character in its head, which is not forwarded")
         first = None
         if delimited.delimit is Delimit.CHUNKED and fastbody.readable_now(sock):
             # One not there yet (an event stream's first event) does not hold the head back.
@@ -182,6 +185,19 @@ def sendable(status: int, *, named_only: bool) -> bool:
     every ASGI server can send (uvicorn raised inside ``send`` for 999, leaving the client zero
     bytes). The WSGI proxy writes the upstream's own phrase, so any 100-599 goes."""
     return 100 <= status <= 599 and (status in NAMED or not named_only)
+
+
+CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+"""The bytes no reason phrase or field value may hold (RFC 9110 5.5, RFC 9112 4: CTLs but HTAB)."""
+
+
+def has_control_byte(response: h11.Response) -> bool:
+    """Whether the head holds a byte that h11 lets through but gunicorn (a 500) and uvicorn's
+    httptools protocol (``send`` raises, the client gets nothing) refuse to send: a 502, from
+    either proxy, rather than an answer that depends on the server in front."""
+    return bool(CONTROL.search(response.reason)) or any(
+        CONTROL.search(value) for _, value in response.headers
+    )
 
 
 def failure(error: BaseException, timeout: float) -> UpstreamError:
