@@ -53,7 +53,11 @@ class WSGIReverseProxy(Settings):
             return self._error(start_response, *refused(log, self.where(exchange), error))
         response, body, first = answer.response, answer.body, answer.first_chunk
         status = f"{response.status_code} {response.reason.decode('latin-1') or 'Unknown'}"
-        start_response(status, [(n.decode("latin-1"), v.decode("latin-1")) for n, v in answer.headers])
+        try:
+            start_response(status, [(n.decode("latin-1"), v.decode("latin-1")) for n, v in answer.headers])
+        except BaseException:  # a head the server refuses: the upstream connection goes now, not with the GC
+            sock.close()
+            raise
         reusable = answer.reusable
         if body.delimit is Delimit.NONE:
             self.pool.release(sock, reusable)
