@@ -480,18 +480,18 @@ class _PathBody:
     ) -> _Reply:
         if not parts:
             return _Reply(status, head, _send_end, listens=False)
-        if ZEROCOPYSEND in extensions:
-            # Opened on the loop, with no await before the reply owns it (nothing can be lost
-            # to a cancellation): its stat was taken just now, in a thread, by StaticFiles or
-            # by prepare, so the open finds the name in the dentry cache (as the server's own
-            # open for pathsend does). One thread hop per response, not two.
-            file = _open_unbuffered(self.path)
-            send_body = partial(send_parts, file, parts, zero_copy=True)
-            boundaries = any(isinstance(part, bytes) for part in parts)  # multipart
-            return _Reply(status, head, send_body, listens=boundaries, opened=file)
-        if whole and PATHSEND in extensions:
+        zero_copy = ZEROCOPYSEND in extensions
+        if whole and not zero_copy and PATHSEND in extensions:
             return _Reply(status, head, partial(_send_pathsend, self.path), listens=False)
-        return _Reply(status, head, partial(_send_path_parts, self.path, parts), listens=True)
+        # Opened on the loop, with no await before the reply owns it (nothing can be lost to a
+        # cancellation): its stat was taken just now, in a thread, by StaticFiles or by prepare,
+        # so the open finds the name in the dentry cache (as the server's own open for pathsend
+        # does). One thread hop per response for the stat, not another for the open; without
+        # the extensions the engine then reads it, in threads, as FileResponse does.
+        file = _open_unbuffered(self.path)
+        send_body = partial(send_parts, file, parts, zero_copy=zero_copy)
+        boundaries = any(isinstance(part, bytes) for part in parts)  # multipart
+        return _Reply(status, head, send_body, listens=boundaries or not zero_copy, opened=file)
 
     def chunks(self) -> AsyncGenerator[bytes, None]:
         return _path_chunks(self.path)
@@ -573,12 +573,6 @@ async def _send_pathsend(path: str | os.PathLike[str], send: Send) -> None:
 
 async def _send_splice(stream: HasFileno, count: int | None, send: Send) -> None:
     await send({"type": SPLICESEND, "source": stream, "count": count, "more_body": False})
-
-
-async def _send_path_parts(path: str | os.PathLike[str], parts: list[Part], send: Send) -> None:
-    """The parts read from the file in threads, for a server without the extensions."""
-    async with _opened(path) as file:
-        await send_parts(file, parts, send, zero_copy=False)
 
 
 async def _copy_stream(stream: HasFileno, count: int | None, send: Send) -> None:

@@ -89,6 +89,20 @@ async def test_a_zero_copy_path_is_one_hop_and_no_listener(
 
 
 @pytest.mark.anyio
+async def test_the_fallback_opens_where_it_stats(site: Path, hops: list[str]) -> None:
+    # Without the extensions the engine reads the file (in the loop's executor); the response
+    # itself hops once, for the stat, and opens the file right after it.
+    async def disconnect_never() -> Message:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    send = Recorder()
+    await ZeroCopyResponse(site / "app.css")(scope_for(extensions={}), disconnect_never, send)
+    assert b"".join(message.get("body", b"") for message in send.messages[1:]) == BODY
+    assert hops == ["_stat_regular_file"]
+
+
+@pytest.mark.anyio
 async def test_static_files_is_one_hop_and_no_listener(site: Path, hops: list[str]) -> None:
     send = Recorder()
     app = StaticFiles(directory=site)
