@@ -12,7 +12,8 @@ files only.
 Faults, each parametrized over the servers it applies to:
 
 1. the client goes away mid-body (closes its socket with bytes unread: the kernel resets the
-   connection) from a file, a socket and a pipe body;
+   connection) from a file, a socket and a pipe body, the last two with their length told and
+   chunked;
 2. a client stops reading but keeps its connection open: it is cut off the send timeout after
    it stalled, while other clients are served meanwhile (the sync worker serves one connection
    at a time, so there the next client is served right after the cut);
@@ -41,7 +42,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -431,7 +432,8 @@ def test_stalled_reader_is_cut_off_while_others_are_served(
     The cut is timed by polling the server's log (a client that reads nothing cannot see the
     server's close: its FIN queues behind the unsent body). The kernel takes bytes for up to
     about a second after the client stalls (the server's send buffer growing): that is progress,
-    so the cut comes between TIMEOUT - 0.25 and TIMEOUT + 1.5 s after the stall."""
+    so the cut comes between TIMEOUT and TIMEOUT + 1.5 s after the stall (the lower bound
+    has 0.5 s off: the client's own clock starts when it has read the head)."""
     target = fleet.get(name)
     before = warmed_baseline(target, target.url(body, blob.path, new_tag()), blob.digest)
     tag, other_tag, mark = new_tag(), new_tag(), target.mark()
@@ -457,7 +459,7 @@ def test_stalled_reader_is_cut_off_while_others_are_served(
         line = target.wait_broken(mark, TIMEOUT + 3)
         cut = time.monotonic() - stalled
         assert line.group(1) == f"no progress for {float(TIMEOUT)} s, cut off", line.group(0)
-        assert TIMEOUT - 0.25 <= cut <= TIMEOUT + 1.5, cut
+        assert TIMEOUT - 0.5 <= cut <= TIMEOUT + 1.5, cut
         meanwhile.join(TIMEOUT + 10)
         assert not meanwhile.is_alive(), "the other client was not served"
         ended = read_to_end(client, received, BLOB_SIZE)
@@ -704,23 +706,22 @@ class Answer:
     status: int
     size: int
     sha256: str
-    headers: dict[bytes, bytes] = field(default_factory=dict)
 
 
 def exchange_on(client: socket.socket, target: str) -> Answer:
     """One GET on an open connection, parsed by h11 to its end."""
     parser = send_request(client, target)
-    digest, size, status, headers = hashlib.sha256(), 0, 0, {}
+    digest, size, status = hashlib.sha256(), 0, 0
     while True:
         event = parser.next_event()
         if event is h11.NEED_DATA:
             parser.receive_data(client.recv(MIB))
         elif isinstance(event, h11.Response):
-            status, headers = event.status_code, dict(event.headers)
+            status = event.status_code
         elif isinstance(event, h11.Data):
             digest.update(event.data)
             size += len(event.data)
         elif isinstance(event, h11.EndOfMessage):
-            return Answer(status, size, digest.hexdigest(), headers)
+            return Answer(status, size, digest.hexdigest())
         else:
             raise AssertionError(f"unexpected {event!r} after {size} bytes")
