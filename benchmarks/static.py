@@ -27,7 +27,7 @@ A. one GET of the 1 GiB file per run (Connection: close; client ``recv_into`` in
    status, Content-Length and byte count checked): the server's CPU seconds per GiB, summed over
    its process tree (nginx's master and worker, granian's and uvicorn's processes: the kernel's
    CPU clock of each, ns), and MB/s;
-B. ``wrk -t1 -c8 -d10s`` (keep-alive) on each small file: requests/s and server CPU µs per
+B. ``wrk -t1 -c8 -d5s`` (keep-alive) on each small file: requests/s and server CPU µs per
    request (the bytes wrk read checked against its request count).
 
 Read the ratios as: ``÷ granian`` is against granian + Starlette StaticFiles (the issue's
@@ -294,9 +294,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a 256 MiB big file, 3-second wrk runs")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # smoke tests: 4 MiB, 1 s
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds of each scenario; medians")
-    parser.add_argument("--wrk-seconds", type=int, default=None, help="length of each wrk run (default 10)")
+    parser.add_argument("--wrk-seconds", type=int, default=None, help="length of each wrk run (default 5)")
     args = parser.parse_args(argv)
-    big, seconds = (256 * MIB, 3) if args.quick else (GIB, 10)
+    big, seconds = (256 * MIB, 3) if args.quick else (GIB, 5)
     if args.tiny:
         big, seconds = 4 * MIB, 1
     seconds = args.wrk_seconds or seconds
