@@ -498,12 +498,17 @@ SLOW_STEP = 256 * KIB
 of a 4 s body, and the server would be done long before its timeout; at this rate it is still
 sending 3 s after the request (the test checks it)."""
 
-SLOW_SERVERS = [
-    name if "httptools" not in name else pytest.param(name, marks=pytest.mark.slow) for name in SERVERS
+SLOW_CASES = [
+    pytest.param(name, "file", id=f"{name}-file", marks=[pytest.mark.slow] if "httptools" in name else [])
+    for name in SERVERS
+] + [
+    pytest.param(name, body, id=f"{name}-{body}", marks=pytest.mark.slow)
+    for name in APP_SERVERS
+    for body in ("socket", "pipe")
 ]
 """For the slow client, httptools' protocols are left to ``-m slow``: the waiting and the
 timeouts are the loop's and the engine's, the same as under h11 (which runs by default on both
-loops); the protocol only frames."""
+loops); the protocol only frames. So are socket and pipe bodies (4 s each)."""
 
 
 @pytest.fixture(scope="module")
@@ -514,9 +519,9 @@ def slow_blob(site: Path) -> Blob:
     return Blob(path, data, sha(data))
 
 
-@pytest.mark.parametrize("name", SLOW_SERVERS)
+@pytest.mark.parametrize(("name", "body"), SLOW_CASES)
 def test_slow_moving_client_gets_the_whole_body(
-    fleet: Fleet, slow_blob: Blob, fault_table: FaultTable, name: str
+    fleet: Fleet, slow_blob: Blob, fault_table: FaultTable, name: str, body: str
 ) -> None:
     """A client that reads 5 MiB/s (256 KiB every 50 ms) takes about 4 s for 20 MiB, twice gunicorn's
     ``--timeout 2`` (its worker timeout: the sync worker must keep notifying the arbiter) and the
@@ -524,13 +529,13 @@ def test_slow_moving_client_gets_the_whole_body(
     the server logs the response as whole (after TIMEOUT s: it really was still sending), and the
     worker is the same one."""
     target = fleet.get(name)
-    before = warmed_baseline(target, target.url("file", slow_blob.path, new_tag()), slow_blob.digest)
+    before = warmed_baseline(target, target.url(body, slow_blob.path, new_tag()), slow_blob.digest)
     tag, mark = new_tag(), target.mark()
     digest, received = hashlib.sha256(), 0
     server_done: float | None = None
     with connect(target.server.port, rcvbuf=128 * KIB, timeout=TIMEOUT + 5) as client:
         started = time.monotonic()
-        ask(client, target.target("file", slow_blob.path, tag))
+        ask(client, target.target(body, slow_blob.path, tag))
         head, first = read_head(client)
         assert head.startswith(b"HTTP/1.1 200") and content_length(head) == SLOW_SIZE, head
         digest.update(first)
@@ -556,7 +561,7 @@ def test_slow_moving_client_gets_the_whole_body(
     target.alive()
     after = released(target, before)
     fault_table.record(
-        "slow moving client (5 MiB/s)",
+        f"slow moving client, 5 MiB/s ({body})",
         name,
         f"whole in {took:.1f} s, server sending until {server_done:.1f} s (timeout {TIMEOUT} s); same worker",
         before,
