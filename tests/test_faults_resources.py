@@ -580,10 +580,11 @@ def test_at_the_fd_limit(
                 time.sleep(0.2)
         # A gthread worker that left its loop at EMFILE would exit only once its threads are done
         # (each waits up to 5 s for a first request): give it the time to show.
-        deadline = time.monotonic() + 3
+        alive = alive and not gone(pid)
+        deadline = time.monotonic() + (3 if kind == "gthread" else 0)
         while alive and time.monotonic() < deadline:
-            alive = not gone(pid)
             time.sleep(0.1)
+            alive = not gone(pid)
         log = server.errors()[logged:]
         after = settled(pid, before) if alive else None
         fault_table.record(
