@@ -18,7 +18,10 @@ each request or run. Scenarios:
 2. 1 GiB that a feeder process writes into a socket in 64 KiB chunks: stock relays it with a
    ``StreamingResponse`` of 64 KiB ``loop.sock_recv`` chunks, fastbody with
    ``ZeroCopyResponse(sock, count=N)`` (``fastbody.response.splicesend``, spliced);
-3. ``wrk -t1 -c8 -d10s`` on 1 KiB, 16 KiB and 1 MiB ``FileResponse`` files (keep-alive);
+3. ``wrk -t1 -c8 -d10s`` on 1 KiB, 16 KiB and 1 MiB ``FileResponse`` files (keep-alive); then,
+   under each server, fastbody's ``StaticFiles`` against Starlette's and ``ZeroCopyResponse``
+   against ``FileResponse`` on the same files, each pair run back to back (the order flips
+   every round) and compared within the pair: the ratio of the two, per pair, then medians;
 4. 200 concurrent 16 MiB ``FileResponse`` downloads (raw asyncio sockets in this process,
    bodies read and discarded, every byte counted) while a probe process GETs ``/tiny`` (2
    bytes) every 20 ms on its own keep-alive connection: how responsive the loop stays.
@@ -76,15 +79,16 @@ KINDS = (
 class Server:
     """One uvicorn process (a child of this process): with ``--workers 1`` it serves by itself."""
 
-    def __init__(self, kind: Kind, loop: str, logs: Path) -> None:
+    def __init__(self, kind: Kind, loop: str, logs: Path, static: Path | None = None) -> None:
         self.name = kind.name
         self.port = harness.free_port()
         command = [sys.executable, "-m", "uvicorn", "uvicorn_bench_app:app", "--app-dir", str(APPS)]
         command += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
         command += ["--log-level", "warning", "--no-access-log", "--http", kind.http, "--loop", loop]
         self.log = logs / f"{kind.name.replace(' ', '-')}.log"
+        env = {**os.environ, "FASTBODY_BENCH_STATIC": str(static)} if static is not None else None
         with open(self.log, "wb") as log:  # cwd: never benchmarks/, whose uvicorn.py is this file
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + 30
@@ -403,6 +407,52 @@ def small_bodies(
             harness.row(*cells, errors, versus)
 
 
+RESPONSES = (
+    # (comparison, fastbody's route, Starlette's route) for one file: the bench app's
+    ("StaticFiles: fastbody ÷ Starlette", "/static/{name}", "/starlette-static/{name}"),
+    ("ZeroCopyResponse ÷ FileResponse", "/zc?path={path}", "/file?path={path}"),
+)
+
+
+def response_classes(
+    servers: list[Server], small: dict[int, str], seconds: int, repeat: int, checks: list[str]
+) -> None:
+    """fastbody's response classes against Starlette's on the same file under the same server:
+    each pair back to back, fastbody's first in odd rounds and second in even ones, so that
+    load from elsewhere hits a pair's two runs alike; compared by the ratio within each pair."""
+    runs: dict[tuple[int, str, str], list[tuple[float, float, str]]] = {}
+    for index in range(repeat):
+        for body, path in small.items():
+            for server in servers:
+                for label, ours, theirs in RESPONSES:
+                    name = os.path.basename(path)
+                    targets = [target.format(name=name, path=path) for target in (ours, theirs)]
+                    order = [0, 1] if index % 2 == 0 else [1, 0]
+                    got: dict[int, tuple[float, float, str]] = {}
+                    for side in order:
+                        got[side] = harness.run_wrk(server, targets[side], seconds)
+                    errors = "; ".join(sorted({got[0][2], got[1][2]} - {"none"})) or "none"
+                    runs.setdefault((body, server.name, label), []).append((got[0][0], got[1][0], errors))
+                    note = f"[{index + 1}/{repeat}] wrk {harness.size_label(body)} {server.name} {label}"
+                    harness.step(f"{note}: {got[0][0]:.0f} ÷ {got[1][0]:.0f} req/s")
+    print(f"\n### 3b. The response classes, wrk -t1 -c8 -d{seconds}s, pairs back to back, {repeat} rounds\n")
+    print("fastbody's StaticFiles (its defaults: br/gz siblings looked up, Cache-Control) against")
+    print("Starlette's StaticFiles, and ZeroCopyResponse(path) against FileResponse(path), on the same file")
+    print("under the same server. The ratio is taken within each pair (its two runs back to back).\n")
+    # No "server" column: these rows are ratios of responses, not servers, and stay off the chart.
+    columns = ["body", "under", "comparison", "fastbody req/s", "Starlette req/s", "ratio (min-max)"]
+    harness.table(*columns, "wrk errors")
+    for (body, under, label), cell in runs.items():
+        ratios = [harness.ratio(mine, peer) for mine, peer, _ in cell]
+        ratio = statistics.median(ratios)
+        mine, peer = (statistics.median(run[side] for run in cell) for side in (0, 1))
+        errors = "; ".join(sorted({run[2] for run in cell} - {"none"})) or "none"
+        cells = [harness.size_label(body), under, label, f"{mine:.0f}", f"{peer:.0f}"]
+        harness.row(*cells, f"{ratio:.2f} ({min(ratios):.2f}-{max(ratios):.2f})", errors)
+        verdict = f"{harness.size_label(body)} {label} under {under}, req/s"
+        checks.append(harness.verdict(verdict, ratio, ratio >= 1.0, "≥ 1.00"))
+
+
 def many_downloads(
     servers: list[Server], path: str, size: int, count: int, repeat: int, checks: list[str]
 ) -> None:
@@ -463,16 +513,18 @@ def main(argv: list[str] | None = None) -> None:
         small = {body: harness.make_file(workdir, body) for body in SMALL}
         crowd_file = harness.make_file(workdir, crowd_size) if crowd_size not in SMALL else small[crowd_size]
         raw = RawSendfile(big)  # forked before anything else runs here: no threads, no loop
-        servers = [Server(kind, args.loop, Path(workdir)) for kind in KINDS]
+        servers = [Server(kind, args.loop, Path(workdir), static=Path(workdir)) for kind in KINDS]
         for server in servers:
             server.wait_ready()
-        wrk_steps = len(SMALL) * len(servers) if shutil.which("wrk") is not None else 0
+        wrk_steps = len(SMALL) * len(servers) * (1 + len(RESPONSES)) if shutil.which("wrk") is not None else 0
         harness.steps(args.repeat * (1 + 2 * len(servers) + wrk_steps + len(servers)))
         print(f"Servers: uvicorn --workers 1 --loop {args.loop}; stock --http httptools, fastbody --http")
         print("fastbody.integrations.uvicorn:HttpToolsProtocol; the same Starlette app.")
         big_bodies(servers, raw, big, size, args.repeat, checks)
         if shutil.which("wrk") is not None:
             small_bodies(servers, small, wrk_seconds, args.repeat, checks)
+            # Half-length runs: two per pair, four pairs per body and server.
+            response_classes(servers, small, max(1, wrk_seconds // 2), args.repeat, checks)
         else:
             print(f"\n### 3. skipped: wrk is not installed (`{install}`)")
         many_downloads(servers, crowd_file, crowd_size, crowd_count, args.repeat, checks)

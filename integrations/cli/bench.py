@@ -43,7 +43,7 @@ class Benchmark:
 
 SUITE = (
     Benchmark("gunicorn.py", "gunicorn workers", ("--quick", "--repeat", "1"), (), 3, 1500),
-    Benchmark("uvicorn.py", "uvicorn and Starlette", ("--quick", "--repeat", "1"), (), 4, 1500),
+    Benchmark("uvicorn.py", "uvicorn and Starlette", ("--quick", "--repeat", "1"), (), 10, 1500),
     Benchmark("proxy.py", "reverse proxies", ("--quick", "--repeat", "1"), (), 6, 1500),
     Benchmark("static.py", "static files and peers", ("--quick", "--repeat", "1"), (), 6, 1200),
     Benchmark("fairness.py", "fairness under 200 downloads", ("--quick", "--repeat", "1"), (), 3, 900),

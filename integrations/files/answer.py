@@ -62,6 +62,10 @@ status."""
 
 ACCEPTS_RANGES = ("accept-ranges", "bytes")
 
+_NOT_IN_A_304 = BODY_HEADERS | METADATA_HEADERS
+_NOT_IN_AN_ERROR = BODY_HEADERS | METADATA_HEADERS | VALIDATOR_HEADERS | CACHING_HEADERS
+_NOT_IN_THE_WHOLE = frozenset({"content-length", "content-range", "accept-ranges"})
+
 
 def answer(
     method: str,
@@ -76,20 +80,20 @@ def answer(
     for a file of ``size`` bytes whose 200 would carry ``headers`` (lower-case names)."""
     method = method.upper()
     fields = dict(headers)
-    whole = [*_without(headers, {"content-length", "content-range", "accept-ranges"}), ACCEPTS_RANGES]
+    whole = [*_without(headers, _NOT_IN_THE_WHOLE), ACCEPTS_RANGES]
     if status != 200:
         return _whole(method, status, whole, size)
     etag, last_modified = fields.get("etag"), fields.get("last-modified")
     verdict = conditions.precondition(method, request, etag, last_modified)
     if verdict == conditions.NOT_MODIFIED:
-        return FileAnswer(304, _without(headers, BODY_HEADERS | METADATA_HEADERS), [])
-    own = _without(headers, BODY_HEADERS | METADATA_HEADERS | VALIDATOR_HEADERS | CACHING_HEADERS)
+        return FileAnswer(304, _without(headers, _NOT_IN_A_304), [])
     if verdict == conditions.PRECONDITION_FAILED:
-        return FileAnswer(412, [*own, ("content-length", "0")], [])
+        return FileAnswer(412, [*_without(headers, _NOT_IN_AN_ERROR), ("content-length", "0")], [])
     wanted = _ranges(method, request, size, etag, last_modified)
     if wanted is None:
         return _whole(method, status, whole, size)
     if not wanted:
+        own = _without(headers, _NOT_IN_AN_ERROR)
         return FileAnswer(416, [*own, ("content-range", f"bytes */{size}"), ("content-length", "0")], [])
     if len(wanted) == 1:
         (start, end), *_ = wanted
