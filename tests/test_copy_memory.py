@@ -17,9 +17,9 @@ import pytest
 pytest.importorskip("gunicorn")
 pytest.importorskip("uvicorn")
 
-from conftest import FaultTable  # noqa: E402
-from resources import assert_released, held, settled  # noqa: E402
-from servers import MIB, Server, fetch, free_port, launch, moved, start_uvicorn, stop  # noqa: E402
+from conftest import FaultTable
+from resources import assert_released, held, settled
+from servers import MIB, Server, fetch, free_port, launch, moved, start_uvicorn, stop
 
 APPS = Path(__file__).resolve().parent / "apps"
 CONCURRENT = 60
