@@ -163,6 +163,7 @@ class Reading:
     error: str | None  # what h11 refused, if anything
     informational: int = 0  # 1xx heads before the final one
     reusable: bool = False  # complete, kept alive, and no byte after it: a connection to pool
+    rest: bytes = b""  # the bytes after a complete answer
 
 
 def h11_reads(data: bytes, *, eof: bool) -> Reading:
@@ -184,7 +185,8 @@ def h11_reads(data: bytes, *, eof: bool) -> Reading:
                 reading.body += event.data
             elif isinstance(event, h11.EndOfMessage):
                 reading.complete = True
-                reading.reusable = client.their_state is h11.DONE and not client.trailing_data[0]
+                reading.rest = client.trailing_data[0]
+                reading.reusable = client.their_state is h11.DONE and not reading.rest
                 break
             elif isinstance(event, h11.ConnectionClosed):
                 break
