@@ -705,8 +705,11 @@ def test_request_smuggling(
     # Every request the upstream answered came back to the client as an answer of its own, in order.
     numbers = [int(m.group(1)) for a in answered if (m := ANSWERED_BY_UPSTREAM.fullmatch(a.body))]
     assert numbers == [r.number for r in seen if r.complete], context
+    # Only the last may be unfinished (a body the front end was still reading when the client left).
+    assert all(r.complete for r in seen[:-1]), context
     # Each request the upstream saw is the request h11 parses at that place of the payload.
     places = [i for i, a in enumerate(answered) if ANSWERED_BY_UPSTREAM.fullmatch(a.body)]
+    assert len(seen) <= len(places) + 1, context
     for place, request in zip([*places, len(answered)], seen, strict=False):
         assert place < len(parsed), f"the front end forwarded a request h11 does not parse; {context}"
         reference = parsed[place]
