@@ -33,8 +33,10 @@ from __future__ import annotations
 import errno
 import functools
 import io
+import math
 import os
 import stat
+import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -457,7 +459,7 @@ class _PathBody:
     ) -> _Reply:
         stat_result = self.stat_result
         if stat_result is None:
-            stat_result = await anyio.to_thread.run_sync(_stat_regular_file, self.path)
+            stat_result = await _RECENT.stat(self.path)
             _set_stat_headers(self.model.raw_headers, stat_result)
         # (Given at construction, the model has its stat headers already.)
         fields = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
@@ -652,6 +654,37 @@ def _extensions(scope: Scope) -> Mapping[str, Any]:
         return {}
     extensions: Mapping[str, Any] = scope.get("extensions") or {}
     return extensions
+
+
+class _RecentlyStated:
+    """Where a path is stat'ed: in a worker thread, unless a stat of it succeeded in the last
+    ``seconds``, when it runs on the loop. Every response still stats its file afresh; only
+    the place changes. A name looked up moments ago has its dentry and inode in the kernel's
+    caches (a network file system's attributes too, for longer than this), so its stat takes
+    microseconds, and a thread hop would cost the loop more (the same reasoning as
+    ``StaticFiles._siblings``, and nginx stats on its loop); a name not seen lately may wait
+    for a disk or a server, so it goes to a thread. At most ``size`` names are remembered,
+    the least recently stat'ed forgotten first; one instance serves every loop and thread."""
+
+    def __init__(self, seconds: float = 1.0, size: int = 1024) -> None:
+        self.seconds = seconds
+        self.size = size
+        self.last: dict[str, float] = {}  # name → when its last stat succeeded; oldest first
+
+    async def stat(self, path: str | os.PathLike[str]) -> os.stat_result:
+        name, now = os.fspath(path), time.monotonic()
+        if now - self.last.pop(name, -math.inf) < self.seconds:
+            stat_result = _stat_regular_file(name)
+        else:
+            stat_result = await anyio.to_thread.run_sync(_stat_regular_file, name)
+        self.last[name] = now  # (a failed stat raised above: the name is forgotten)
+        if len(self.last) > self.size:
+            with suppress(StopIteration, KeyError, RuntimeError):  # (another thread got there first)
+                del self.last[next(iter(self.last))]
+        return stat_result
+
+
+_RECENT = _RecentlyStated()
 
 
 def _stat_regular_file(path: str | os.PathLike[str]) -> os.stat_result:

@@ -89,6 +89,37 @@ async def test_a_zero_copy_path_is_one_hop_and_no_listener(
 
 
 @pytest.mark.anyio
+async def test_a_path_stated_moments_ago_is_stated_on_the_loop(site: Path, hops: list[str]) -> None:
+    for _ in range(3):
+        send = Recorder()
+        await ZeroCopyResponse(site / "app.css")(scope_for(), no_receive, send)
+        assert send.types == ["http.response.start", ZEROCOPYSEND]
+    assert hops == ["_stat_regular_file"]  # the first only: each stats afresh, the later on the loop
+    (site / "app.css").unlink()
+    with pytest.raises(RuntimeError, match="does not exist"):  # stated (on the loop) again, not remembered
+        await ZeroCopyResponse(site / "app.css")(scope_for(), no_receive, Recorder())
+    (site / "app.css").write_bytes(BODY)
+    await ZeroCopyResponse(site / "app.css")(scope_for(), no_receive, Recorder())
+    assert hops == ["_stat_regular_file"] * 2  # a failed stat is forgotten: back to a thread
+
+
+@pytest.mark.anyio
+async def test_recently_stated_forgets_the_oldest_and_the_stale(site: Path, hops: list[str]) -> None:
+    from fastbody.integrations.starlette import _RecentlyStated
+
+    recent = _RecentlyStated(seconds=3600, size=2)
+    names = [site / name for name in ("a", "b", "c")]
+    for name in names:
+        name.write_bytes(b"x")
+        await recent.stat(name)
+    assert list(recent.last) == [str(names[1]), str(names[2])]
+    stale = _RecentlyStated(seconds=0)
+    for _ in range(2):
+        await stale.stat(names[0])
+    assert hops == ["_stat_regular_file"] * 5  # three new names, then a name never recent enough
+
+
+@pytest.mark.anyio
 async def test_the_fallback_opens_where_it_stats(site: Path, hops: list[str]) -> None:
     # Without the extensions the engine reads the file (in the loop's executor); the response
     # itself hops once, for the stat, and opens the file right after it.
