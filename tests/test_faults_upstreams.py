@@ -701,7 +701,21 @@ def test_request_smuggling(
     smuggling_table.setdefault(name, {})[proxy.kind] = did
     context = f"{name}: the front end answered {did}; h11 parses {parsed} ({stop}); the upstream saw {seen}"
 
-    assert not new_errors, f"the upstream could not parse what the proxy sent: {new_errors}; {context}"
+    check_forwarded(parsed, answered, seen, new_errors, context)
+
+    info = proxy.info()
+    pooled = int(info["idle"]) + int(info["idle_rec"])
+    after = released(proxy, baseline, pooled)
+    outcome = "forwarded" if seen else "refused"
+    ledger.add("request smuggling", proxy.kind, outcome, baseline, after, pooled)
+
+
+def check_forwarded(
+    parsed: list[Parsed], answered: list[Answered], seen: list[Recorded], errors: list[str], context: str
+) -> None:
+    """No request reached the upstream that the front end did not answer as its own, and each
+    is the request h11 parses at that place of the payload (``parsed``)."""
+    assert not errors, f"the upstream could not parse what the proxy sent: {errors}; {context}"
     # Every request the upstream answered came back to the client as an answer of its own, in order.
     numbers = [int(m.group(1)) for a in answered if (m := ANSWERED_BY_UPSTREAM.fullmatch(a.body))]
     assert numbers == [r.number for r in seen if r.complete], context
@@ -726,12 +740,6 @@ def test_request_smuggling(
     # The front end's own answers: none from the upstream past what it forwarded.
     assert len(seen) <= len(parsed), context
 
-    info = proxy.info()
-    pooled = int(info["idle"]) + int(info["idle_rec"])
-    after = released(proxy, baseline, pooled)
-    outcome = "forwarded" if seen else "refused"
-    ledger.add("request smuggling", proxy.kind, outcome, baseline, after, pooled)
-
 
 def replace_body(request: Recorded) -> Recorded:
     """A snapshot of a recorded request (its body may still grow on the upstream's thread)."""
@@ -744,3 +752,29 @@ def replace_body(request: Recorded) -> Recorded:
         bytes(request.body),
         request.complete,
     )
+
+
+def test_the_smuggling_check_can_fail() -> None:
+    """``check_forwarded`` against what a smuggled request would leave: an upstream request
+    nobody answered, one the front end did not parse, a body other than h11's."""
+    parsed = [
+        Parsed(b"POST", b"/rec/a", b"0\r\n\r\n" + SMUGGLED, True),
+        Parsed(b"GET", b"/rec/follow", b"", True),
+    ]
+    post_a = Recorded(
+        1, 0, b"POST", b"/a", [(b"content-length", b"%d" % len(parsed[0].body))], parsed[0].body, True
+    )
+    follow = Recorded(2, 0, b"GET", b"/follow", [], b"", True)
+    answered = [Answered(200, b"upstream request 1", True), Answered(200, b"upstream request 2", True)]
+    check_forwarded(parsed, answered, [post_a, follow], [], "as parsed")  # what must pass
+    smuggled = Recorded(2, 0, b"GET", b"/smuggled", [], b"", True)
+    short = Recorded(1, 0, b"POST", b"/a", [(b"transfer-encoding", b"chunked")], b"", True)
+    wrong: list[tuple[list[Answered], list[Recorded]]] = [
+        (answered[:1], [post_a, smuggled]),  # one answer, two requests upstream
+        (answered, [post_a, smuggled]),  # the second is not the follow-up h11 parses
+        (answered, [short, follow]),  # the body ends at the last chunk
+        ([*answered, Answered(200, b"upstream request 3", True)], [post_a, follow, smuggled]),
+    ]
+    for answers, seen in wrong:
+        with pytest.raises(AssertionError):
+            check_forwarded(parsed, answers, seen, [], "smuggled")
