@@ -44,7 +44,7 @@ from fastbody.integrations.files.ranges import MAX_RANGES
 from fastbody.integrations.starlette import StaticFiles, ZeroCopyResponse
 
 PROPERTY = settings(
-    max_examples=150,
+    max_examples=300,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -127,12 +127,17 @@ class Meant:
         return any((f is None and not last) or (f is not None and f >= size) for f, last in self.specs)
 
 
-NUMBER = st.one_of(
-    *[st.integers(0, 120)] * 6,
-    st.integers(0, 80_000),
-    st.integers(0, 80_000),
-    st.integers(10**18, 10**30),  # past any size (and past 2**63)
-)
+@st.composite
+def number(draw: st.DrawFn) -> int:
+    """A range bound: mostly within the small files, sometimes within the big one, sometimes
+    past any size (and past 2**63)."""
+    which = draw(st.integers(0, 9))
+    if which < 7:
+        return draw(st.integers(0, 120))
+    return draw(st.integers(0, 80_000) if which < 9 else st.integers(10**18, 10**30))
+
+
+NUMBER = number()
 OWS = st.sampled_from(["", "", "", " ", "\t", "  "])
 BAD_ELEMENTS = st.sampled_from(
     [
@@ -171,16 +176,23 @@ def range_headers(draw: st.DrawFn) -> Meant:
             texts.append(text)
             if spec is not None:
                 meant.specs.append(spec)
-    for _ in range(draw(st.integers(0, 5))):
-        kind = draw(
-            st.sampled_from(["int"] * 12 + ["open"] * 3 + ["suffix"] * 4 + ["empty", "bad", "reversed"])
-        )
-        if kind in ("int", "open", "reversed"):
+    for _ in range(draw(st.sampled_from([0, 1, 1, 2, 2, 2, 3, 3, 4, 5]))):
+        kinds = ["int"] * 12 + ["open"] * 3 + ["suffix"] * 4 + ["empty", "bad", "reversed"]
+        after = [spec for spec in meant.specs if spec[0] is not None]
+        kind = draw(st.sampled_from(kinds + ["next"] * 12 if after else kinds))
+        if kind == "next":  # adjacent to, or overlapping, or inside the range before it
+            first_before, last_before = after[-1]
+            assert first_before is not None
+            end_before = first_before + 10 if last_before is None else last_before
+            first = max(end_before + draw(st.sampled_from([1, 1, 0, -1, -3])), 0)
+            kind = "int"
+        else:
             first = draw(NUMBER)
+        if kind in ("int", "open", "reversed"):
             if kind == "open":
                 last = None
             elif kind == "int":
-                last = first + draw(st.integers(0, 200))
+                last = first + draw(st.integers(0, 30) if draw(st.integers(0, 3)) else st.integers(0, 400))
             else:
                 last = first - draw(st.integers(1, 10)) if first else None
                 meant.valid = meant.valid and last is None  # first > last: invalid (14.1.1)
