@@ -64,10 +64,11 @@ GIB, MIB, KIB, TIMEOUT = harness.GIB, harness.MIB, harness.KIB, harness.TIMEOUT
 DEADLINE = 120  # seconds one probe run may take before it stops short (the table then says so)
 RAMP = 10  # seconds the downloads may take to all be receiving before the probe starts anyway
 
-FB_H11 = "fastbody h11/asyncio + fastbody StaticFiles"
-FB_HTTPTOOLS = "fastbody httptools/uvloop + fastbody StaticFiles"
-STOCK = "stock uvicorn httptools/uvloop + Starlette StaticFiles"
+FB_H11 = "fastbody h11/asyncio"
+FB_HTTPTOOLS = "fastbody httptools/uvloop"
+STOCK = "stock uvicorn httptools/uvloop"
 FASTBODY_SERVERS = (FB_H11, FB_HTTPTOOLS)
+APP = {FB_H11: "fastbody StaticFiles", FB_HTTPTOOLS: "fastbody StaticFiles", STOCK: "Starlette StaticFiles"}
 
 
 def uvicorn(name: str, factory: str, http: str, loop: str, www: Path, workdir: Path) -> harness.Program:
@@ -321,8 +322,9 @@ def report(runs: dict[str, list[Run]], count: int, big: int, probes: int) -> lis
     print(f"A probe process GETs a 1 KiB file {probes} times, one request after another on one kept-alive")
     print(f"connection, while {count} download loops each GET the {big // MIB} MiB file again and again;")
     print("every download's sha256 checked. Medians over rounds; MB/s and CPU over the probe window.\n")
-    columns = ["server", "downloads ok (failed)", "window s", "MB/s, all downloads", "server CPU s/GiB"]
-    harness.table(*columns, "probes (failed)", "probe p50 ms", "probe p99 ms", "probe max ms")
+    columns = ["server", "app", "downloads ok (failed)", "window s", "MB/s, all downloads"]
+    columns += ["server CPU s/GiB", "probes (failed)", "probe p50 ms", "probe p99 ms", "probe max ms"]
+    harness.table(*columns)
     p99: dict[str, float] = {}
     lines: list[str] = []
     same = min((len(run.probes) for cell in runs.values() for run in cell), default=0)
@@ -334,7 +336,7 @@ def report(runs: dict[str, list[Run]], count: int, big: int, probes: int) -> lis
             return statistics.median(pick(run) for run in cell)
 
         p99[name] = median(lambda run: ms(run.probes[:same], 0.99))
-        cells = [name, f"{sum(run.complete for run in cell)} ({sum(run.failed for run in cell)})"]
+        cells = [name, APP[name], f"{sum(run.complete for run in cell)} ({sum(run.failed for run in cell)})"]
         cells += [
             f"{median(lambda run: run.window):.2f}",
             f"{median(lambda run: run.moved / run.window / 1e6):.0f}",

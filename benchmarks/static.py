@@ -78,7 +78,7 @@ def fastbody_serve(www: Path, workdir: Path) -> harness.Program:
     port = harness.free_port()
     command = [sys.executable, "-m", "fastbody", "serve", str(www), "--host", "127.0.0.1"]
     command += ["--port", str(port), "--no-access-log", "--log-level", "warning"]
-    how = "uvicorn, AutoProtocol, fastbody StaticFiles"
+    how = "uvicorn, AutoProtocol (httptools, uvloop), fastbody StaticFiles"
     return harness.Program(SERVE, how, command, port, workdir)
 
 

@@ -103,7 +103,7 @@ def parser() -> argparse.ArgumentParser:
         help="stock vs fastbody benchmarks on this machine: a Markdown table and a PNG chart",
         description="Run the side-by-side benchmarks of benchmarks/ and write results.md and results.png.",
     )
-    bench.add_argument("--quick", action="store_true", help="small bodies and short runs (under 2 minutes)")
+    bench.add_argument("--quick", action="store_true", help="small bodies, short runs (a minute each)")
     bench.add_argument("--out", default="bench-results", help="directory for results (default bench-results)")
     bench.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the CLI's own smoke test
     bench.set_defaults(run=_bench)
