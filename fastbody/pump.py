@@ -258,38 +258,49 @@ def pump(
     to count (so that a caller still knows the count when the pump is closed half-way).
     """
     progress = progress or Progress(count)
-    run = _Run(dst, progress, Waits(timeout, in_kernel, progress), kernel=kernel)
-    with ExitStack() as cleanup:
+    try:
+        rest: Body | None = body
+        tail = b""  # framing bytes that follow the rest of a piece sent partly at once
+        at_once = _at_once(dst, progress, body, framing, last) if framing is not None and in_kernel else None
+        if at_once is not None:
+            rest, tail = at_once
+            framing = None  # the piece, its framing and the body's end are decided
+        if rest is not None:  # else the one call sent it all: no set-up, no waits to make
+            run = _Run(dst, progress, Waits(timeout, in_kernel, progress), kernel=kernel)
+            yield from _the_long_way(run, rest, pool, framing, last, tail)
+    except OSError as error:
+        raise with_sent(error, progress.sent) from error
+    except Exception as error:  # a bad chunk, a failing iterator: the count still matters
+        error.sent = progress.sent  # type: ignore[attr-defined]
+        raise
+    finally:  # after the fds' modes are restored (_the_long_way's own clean-up), however it ends
         if isinstance(body, FileBody):
-            cleanup.callback(_settle_file, body, run.progress)
-        try:
-            rest: Body | None = body
-            tail = b""  # framing bytes that follow the rest of a piece sent partly at once
-            if framing is not None and in_kernel and (sent_at_once := _at_once(run, body, framing, last)):
-                rest, tail = sent_at_once
-                framing = None  # the piece, its framing and the body's end are decided
-            if rest is not None:
-                rest = _set_up(run, rest, cleanup, in_kernel)
-                if framing is None:
-                    yield from _move(run, rest, pool)
-                else:
-                    yield from _framed(run, rest, pool, framing)
-                    if last:
-                        try:
-                            dst.pending += framing.end()
-                        except FramingError:  # a Content-Length the source did not fill
-                            expected = run.progress.sent + (framing.remaining or 0)
-                            raise IncompleteTransfer.short(run.progress.sent, expected) from None
-                dst.pending += tail
-                yield from _flush(run, more=False)
-        except OSError as error:
-            raise with_sent(error, run.progress.sent) from error
-        except Exception as error:  # a bad chunk, a failing iterator: the count still matters
-            error.sent = run.progress.sent  # type: ignore[attr-defined]
-            raise
-    if count is not None and run.progress.sent < count:
-        raise IncompleteTransfer.short(run.progress.sent, count)
-    return run.progress.sent
+            _settle_file(body, progress)
+    if count is not None and progress.sent < count:
+        raise IncompleteTransfer.short(progress.sent, count)
+    return progress.sent
+
+
+def _the_long_way(
+    run: _Run, body: Body, pool: PipePool, framing: BodyWriter | None, last: bool, tail: bytes
+) -> Step:
+    """Move ``body`` with the fds set up for waiting (restored after): its framing around it
+    (``framing``: none when it was decided at once), then ``tail`` and what is still pending."""
+    dst = run.dst
+    with ExitStack() as cleanup:
+        body = _set_up(run, body, cleanup, run.waits.in_kernel)
+        if framing is None:
+            yield from _move(run, body, pool)
+        else:
+            yield from _framed(run, body, pool, framing)
+            if last:
+                try:
+                    dst.pending += framing.end()
+                except FramingError:  # a Content-Length the source did not fill
+                    expected = run.progress.sent + (framing.remaining or 0)
+                    raise IncompleteTransfer.short(run.progress.sent, expected) from None
+        dst.pending += tail
+        yield from _flush(run, more=False)
 
 
 def _set_up(run: _Run, body: Body, cleanup: ExitStack, in_kernel: bool) -> Body:
@@ -311,13 +322,14 @@ def _set_up(run: _Run, body: Body, cleanup: ExitStack, in_kernel: bool) -> Body:
     return body
 
 
-def _at_once(run: _Run, body: Body, framing: BodyWriter, last: bool) -> tuple[Body | None, bytes] | None:
+def _at_once(
+    dst: Destination, progress: Progress, body: Body, framing: BodyWriter, last: bool
+) -> tuple[Body | None, bytes] | None:
     """A small piece known whole (a short file, a bytes object) with all its framing in one
     non-blocking ``sendmsg``, before any set-up: on a socket with room, which is nearly always,
     a small response then costs that one call. ``None`` when the piece is not such a one;
     else what is left to send: the rest of the body (``None`` if nothing) and the framing
     bytes after it."""
-    dst, progress = run.dst, run.progress
     size = known_length(body, progress.limit)
     if dst.tls is not None or dst.handle is None or size is None or size >= plan.SMALL_BODY:
         return None

@@ -71,14 +71,20 @@ class ChunksBody:
 Body = FileBody | StreamBody | ReaderBody | ChunksBody
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
+_BINARY_FILES = frozenset({io.BufferedReader, io.FileIO, io.BufferedRandom})  # never a path nor text
 
 
 def classify(source: object, offset: int | None, *, allow_async: bool) -> Body:
     """The ``Body`` for ``source``; ``TypeError`` for what cannot be sent at all."""
+    if type(source) in _BINARY_FILES:  # the common case first: no path, no text (two ABC checks saved)
+        fd = _usable_fd(source)
+        if fd is not None:
+            return _fd_body(source, fd, offset)
     if isinstance(source, (str, os.PathLike)):
         owned = open(source, "rb")  # noqa: SIM115 - the body owns it; the pump closes it
         try:
-            return _file_body(owned, owned.fileno(), offset, owned=True)
+            opened = owned.fileno()
+            return _file_body(owned, opened, syscalls.file_size(opened), offset, owned=True)
         except BaseException:
             owned.close()
             raise
@@ -86,17 +92,7 @@ def classify(source: object, offset: int | None, *, allow_async: bool) -> Body:
         raise TypeError(f"cannot send text file {source!r}: open it in binary mode")
     fd = _usable_fd(source)
     if fd is not None:
-        kind = syscalls.file_type(fd)
-        if kind == stat.S_IFREG:
-            return _file_body(source, fd, offset, owned=False)
-        _no_offset(offset, source)
-        stream = {stat.S_IFSOCK: StreamKind.SOCKET, stat.S_IFIFO: StreamKind.PIPE}.get(kind, StreamKind.OTHER)
-        return StreamBody(
-            fd,
-            stream,
-            buffered=source if isinstance(source, io.BufferedReader) else None,
-            tls=source if isinstance(source, ssl.SSLSocket) else None,
-        )
+        return _fd_body(source, fd, offset)
     _no_offset(offset, source)
     if isinstance(source, _BYTES_LIKE):
         view = memoryview(source).cast("B")
@@ -116,6 +112,21 @@ def classify(source: object, offset: int | None, *, allow_async: bool) -> Body:
     )
 
 
+def _fd_body(source: object, fd: int, offset: int | None) -> Body:
+    """A source with a usable fd: a regular file, or a socket, pipe or device read as a stream."""
+    kind, size = syscalls.file_kind_and_size(fd)  # one fstat: a file needs both
+    if kind == stat.S_IFREG:
+        return _file_body(source, fd, size, offset, owned=False)
+    _no_offset(offset, source)
+    stream = {stat.S_IFSOCK: StreamKind.SOCKET, stat.S_IFIFO: StreamKind.PIPE}.get(kind, StreamKind.OTHER)
+    return StreamBody(
+        fd,
+        stream,
+        buffered=source if isinstance(source, io.BufferedReader) else None,
+        tls=source if isinstance(source, ssl.SSLSocket) else None,
+    )
+
+
 def _usable_fd(source: object) -> int | None:
     fileno = getattr(source, "fileno", None)
     if fileno is None or isinstance(source, _BYTES_LIKE):
@@ -129,8 +140,7 @@ def _usable_fd(source: object) -> int | None:
     return fd
 
 
-def _file_body(file: Any, fd: int, offset: int | None, *, owned: bool) -> FileBody:
-    size = syscalls.file_size(fd)
+def _file_body(file: Any, fd: int, size: int, offset: int | None, *, owned: bool) -> FileBody:
     if offset is not None:
         return FileBody(fd, offset, size, file=None, owned=file if owned else None)
     # The caller's position, as a read would see it (a buffered file's tell() counts its buffer).

@@ -121,7 +121,8 @@ def write_parts(fd: int, parts: list[bytes | memoryview]) -> int | None:
 def send(handle: socket.socket, data: bytes, *, more: bool) -> int | None:
     """``send`` on a socket object, with ``MSG_MORE`` when ``more`` (TCP holds the bytes for
     what follows at once, so a head leaves in one packet with the body's first bytes)."""
-    flags = socket.MSG_MORE if more and handle.family in (socket.AF_INET, socket.AF_INET6) else 0
+    family = super(socket.socket, handle).family  # the C socket's int: no enum made per call
+    flags = socket.MSG_MORE if more and family in (socket.AF_INET, socket.AF_INET6) else 0
     try:
         return handle.send(data, flags)
     except BlockingIOError:
@@ -262,6 +263,12 @@ def file_type(fd: int) -> int:
 
 def file_size(fd: int) -> int:
     return os.fstat(fd).st_size
+
+
+def file_kind_and_size(fd: int) -> tuple[int, int]:
+    """The ``stat.S_IFMT`` bits of what ``fd`` refers to and its size, from one ``fstat``."""
+    status = os.fstat(fd)
+    return stat.S_IFMT(status.st_mode), status.st_size
 
 
 @contextmanager

@@ -88,9 +88,16 @@ def destination(sock: socket.socket) -> Destination:
     fileno = getattr(sock, "fileno", None)
     fd = fileno() if fileno is not None else -1
     # A socket object's fd is a socket (it could not have been made otherwise): no fstat.
-    known = isinstance(sock, socket.socket) and sock.type == socket.SOCK_STREAM
+    known = isinstance(sock, socket.socket) and _raw_type(sock) == socket.SOCK_STREAM
     if not isinstance(fd, int) or fd < 0 or (not known and syscalls.file_type(fd) != stat.S_IFSOCK):
         raise TypeError(f"sock must be a connected stream socket, not {sock!r}")
     if isinstance(sock, ssl.SSLSocket):
         return Destination(fd, tls=sock)
     return Destination(fd, handle=sock if isinstance(sock, socket.socket) else None)
+
+
+def _raw_type(sock: socket.socket) -> int:
+    """``sock.type`` as the C socket below holds it: ``socket.socket.type`` makes an enum member
+    of it on every read, which costs more than the rest of ``destination``."""
+    kind: int = super(socket.socket, sock).type
+    return kind

@@ -51,6 +51,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext, suppress
+from dataclasses import dataclass
 from typing import Any
 
 from gunicorn.http import wsgi as gunicorn_wsgi
@@ -147,6 +148,20 @@ class Pieces:
             close()
 
 
+@dataclass(frozen=True)
+class Settings:
+    """What a worker's configuration says about each of its responses, read once per worker
+    (gunicorn's ``cfg.sendfile`` reads the environment every time it is asked)."""
+
+    kernel: bool  # False: --no-sendfile or SENDFILE=0, every byte copied
+    timeout: float | None  # --timeout: seconds a transfer may make no progress; None: no limit
+
+    @classmethod
+    def of(cls, cfg: Any) -> Settings:
+        timeout = cfg.timeout
+        return cls(kernel=cfg.sendfile is not False, timeout=float(timeout) if timeout else None)
+
+
 class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
     """gunicorn's ``Response`` with ``write_file`` done by fastbody's ``ResponseWriter``.
 
@@ -158,6 +173,7 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
     heartbeat: AbstractContextManager[object] | None = None  # the sync worker's, during a transfer
     ended = False  # the body went out through fastbody's writer, framing and all
     environ: dict[str, Any] | None = None  # the request's: ``fastbody.path`` goes in it, for the access log
+    settings: Settings | None = None  # the worker's; None: read from ``cfg`` when needed
 
     def write_file(self, respiter: Any) -> None:
         if not isinstance(respiter, FileWrapper) or self.headers_sent:
@@ -185,12 +201,13 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
         if framing.close:
             self.force_close()
         # reports=False: the response's end is told below, its failure blamed on the right side.
+        settings = self._settings()
         writer = fastbody.ResponseWriter(
             self.sock,
             framing,
             head=self._head(),
-            timeout=self._timeout(),
-            kernel=self.cfg.sendfile is not False,
+            timeout=settings.timeout,
+            kernel=settings.kernel,
             reports=False,
         )
         count = known
@@ -248,14 +265,13 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
     def _broken(self, error: fastbody.TransferError, expected: int | None) -> None:
         """The body could not be sent whole: close the connection and say why, with counts."""
         self.force_close()
-        log_broken(log, error, expected, f"{self.req.method} {self.req.path}", self._timeout())
+        log_broken(log, error, expected, f"{self.req.method} {self.req.path}", self._settings().timeout)
         # Close at once: whatever the worker does next, the client sees the end now.
         with suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
 
-    def _timeout(self) -> float | None:
-        timeout = self.cfg.timeout
-        return float(timeout) if timeout else None
+    def _settings(self) -> Settings:
+        return self.settings if self.settings is not None else Settings.of(self.cfg)
 
 
 def _file_parts(source: object) -> FileParts | None:
@@ -298,10 +314,14 @@ WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
 def _upgrade(
-    app: WSGIApp, heartbeat: AbstractContextManager[object] | None, handoff: Handoff | None = None
+    app: WSGIApp,
+    heartbeat: AbstractContextManager[object] | None,
+    handoff: Handoff | None = None,
+    settings: Settings | None = None,
 ) -> WSGIApp:
-    """``app``, with gunicorn's HTTP/1 responses turned into ``FastResponse`` before it runs,
-    and handoff headers answered when ``handoff`` says where their files may be."""
+    """``app``, with gunicorn's HTTP/1 responses turned into ``FastResponse`` before it runs
+    (``settings``: the worker's, given to each), and handoff headers answered when ``handoff``
+    says where their files may be."""
     served = app if handoff is None else HandoffMiddleware(app, handoff, log)
 
     def fastbody_app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -311,6 +331,7 @@ def _upgrade(
         response.__class__ = FastResponse
         response.heartbeat = heartbeat
         response.environ = environ
+        response.settings = settings
         environ["wsgi.file_wrapper"] = FileWrapper
         body = served(environ, start_response)
         # werkzeug's range of a file wrapper is no file wrapper: gunicorn would iterate it.
@@ -389,7 +410,9 @@ class FastSync(SyncWorker):  # type: ignore[misc]
                 self.cfg.threads,
             )
         interval = max(min(self.timeout / 4, 1.0), 0.05) if self.timeout else 1.0
-        self.wsgi = _upgrade(self.wsgi, Heartbeat(self.notify, interval), Handoff.from_environ())
+        self.wsgi = _upgrade(
+            self.wsgi, Heartbeat(self.notify, interval), Handoff.from_environ(), Settings.of(self.cfg)
+        )
 
 
 class FastThread(ThreadWorker):  # type: ignore[misc]
@@ -419,7 +442,7 @@ class FastThread(ThreadWorker):  # type: ignore[misc]
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
-        self.wsgi = _upgrade(self.wsgi, None, Handoff.from_environ())
+        self.wsgi = _upgrade(self.wsgi, None, Handoff.from_environ(), Settings.of(self.cfg))
 
 
 def __getattr__(name: str) -> Any:
