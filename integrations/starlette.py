@@ -321,19 +321,41 @@ class StaticFiles(staticfiles.StaticFiles):
         self.precompressed = precompressed
         self.max_age = max_age
         self.dotfiles = dotfiles
+        self._recent = _Recent()  # the names lookup_path found as regular files lately
 
     async def get_response(self, path: str, scope: Scope) -> Response:
         if not self.dotfiles and _hidden(path):
             raise HTTPException(status_code=404)
-        return await super().get_response(path, scope)
+        if scope["method"] in ("GET", "HEAD") and self._recent.fresh(path):
+            found = self._lookup_on_the_loop(path)
+            if found is not None:  # a regular file again: what Starlette's get_response does with it
+                return self.file_response(*found, scope)
+        return await super().get_response(path, scope)  # (its lookup in a worker thread)
+
+    def _lookup_on_the_loop(self, path: str) -> tuple[str, os.stat_result] | None:
+        """``lookup_path`` for a name found as a regular file moments ago (see ``_Recent``); None
+        for anything else (gone, a directory, an error), which Starlette's way then answers."""
+        try:
+            full_path, stat_result = self.lookup_path(path)
+        except (OSError, ValueError):
+            return None
+        if stat_result is None or not stat.S_ISREG(stat_result.st_mode):
+            return None
+        return full_path, stat_result
 
     def lookup_path(self, path: str) -> tuple[str, os.stat_result | None]:
         try:
-            return super().lookup_path(path)
+            full_path, stat_result = super().lookup_path(path)
         except OSError as error:
+            self._recent.lost(path)
             if error.errno != errno.ELOOP:
                 raise
             return "", None  # a symlink loop names no file: a 404 (Starlette's own: a 500)
+        if stat_result is not None and stat.S_ISREG(stat_result.st_mode):
+            self._recent.found(path)
+        else:
+            self._recent.lost(path)
+        return full_path, stat_result
 
     def file_response(
         self,
@@ -459,7 +481,7 @@ class _PathBody:
     ) -> _Reply:
         stat_result = self.stat_result
         if stat_result is None:
-            stat_result = await _RECENT.stat(self.path)
+            stat_result = await _stat_file(self.path)
             _set_stat_headers(self.model.raw_headers, stat_result)
         # (Given at construction, the model has its stat headers already.)
         fields = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
@@ -656,35 +678,54 @@ def _extensions(scope: Scope) -> Mapping[str, Any]:
     return extensions
 
 
-class _RecentlyStated:
-    """Where a path is stat'ed: in a worker thread, unless a stat of it succeeded in the last
-    ``seconds``, when it runs on the loop. Every response still stats its file afresh; only
-    the place changes. A name looked up moments ago has its dentry and inode in the kernel's
-    caches (a network file system's attributes too, for longer than this), so its stat takes
-    microseconds, and a thread hop would cost the loop more (the same reasoning as
-    ``StaticFiles._siblings``, and nginx stats on its loop); a name not seen lately may wait
-    for a disk or a server, so it goes to a thread. At most ``size`` names are remembered,
-    the least recently stat'ed forgotten first; one instance serves every loop and thread."""
+class _Recent:
+    """Names found as regular files in the last ``seconds``: where the next lookup of one runs.
+
+    A name looked up moments ago has its dentries and inode in the kernel's caches (a network
+    file system's attributes too, for longer than this), so looking it up again takes
+    microseconds, and a worker-thread hop would cost the loop more than the lookup: it runs on
+    the loop (the reasoning of ``StaticFiles._siblings``; nginx stats on its loop). A name not
+    found lately may wait for a disk or a server, so it goes to a thread. Every response still
+    looks its file up afresh: only the place changes, never an answer. At most ``size`` names
+    are remembered, the least recently found forgotten first; an instance may be shared by
+    loops in several threads (each dict operation is atomic)."""
 
     def __init__(self, seconds: float = 1.0, size: int = 1024) -> None:
         self.seconds = seconds
         self.size = size
-        self.last: dict[str, float] = {}  # name → when its last stat succeeded; oldest first
+        self.last: dict[str, float] = {}  # name → when it was last found; oldest first
 
-    async def stat(self, path: str | os.PathLike[str]) -> os.stat_result:
-        name, now = os.fspath(path), time.monotonic()
-        if now - self.last.pop(name, -math.inf) < self.seconds:
-            stat_result = _stat_regular_file(name)
-        else:
-            stat_result = await anyio.to_thread.run_sync(_stat_regular_file, name)
-        self.last[name] = now  # (a failed stat raised above: the name is forgotten)
+    def fresh(self, name: str) -> bool:
+        return time.monotonic() - self.last.get(name, -math.inf) < self.seconds
+
+    def found(self, name: str) -> None:
+        self.last.pop(name, None)  # (re-inserted: the newest)
+        self.last[name] = time.monotonic()
         if len(self.last) > self.size:
             with suppress(StopIteration, KeyError, RuntimeError):  # (another thread got there first)
                 del self.last[next(iter(self.last))]
-        return stat_result
+
+    def lost(self, name: str) -> None:
+        self.last.pop(name, None)
 
 
-_RECENT = _RecentlyStated()
+_RECENT = _Recent()
+"""The paths ``ZeroCopyResponse`` stat'ed lately."""
+
+
+async def _stat_file(path: str | os.PathLike[str]) -> os.stat_result:
+    """``_stat_regular_file``, on the loop for a path stat'ed moments ago, else in a thread."""
+    name = os.fspath(path)
+    try:
+        if _RECENT.fresh(name):
+            stat_result = _stat_regular_file(name)
+        else:
+            stat_result = await anyio.to_thread.run_sync(_stat_regular_file, name)
+    except BaseException:
+        _RECENT.lost(name)
+        raise
+    _RECENT.found(name)
+    return stat_result
 
 
 def _stat_regular_file(path: str | os.PathLike[str]) -> os.stat_result:

@@ -104,19 +104,20 @@ async def test_a_path_stated_moments_ago_is_stated_on_the_loop(site: Path, hops:
 
 
 @pytest.mark.anyio
-async def test_recently_stated_forgets_the_oldest_and_the_stale(site: Path, hops: list[str]) -> None:
-    from fastbody.integrations.starlette import _RecentlyStated
+async def test_recent_forgets_the_oldest_and_the_stale() -> None:
+    from fastbody.integrations.starlette import _Recent
 
-    recent = _RecentlyStated(seconds=3600, size=2)
-    names = [site / name for name in ("a", "b", "c")]
-    for name in names:
-        name.write_bytes(b"x")
-        await recent.stat(name)
-    assert list(recent.last) == [str(names[1]), str(names[2])]
-    stale = _RecentlyStated(seconds=0)
-    for _ in range(2):
-        await stale.stat(names[0])
-    assert hops == ["_stat_regular_file"] * 5  # three new names, then a name never recent enough
+    recent = _Recent(seconds=3600, size=2)
+    for name in ("a", "b", "c"):
+        recent.found(name)
+    assert list(recent.last) == ["b", "c"] and recent.fresh("c") and not recent.fresh("a")
+    recent.found("b")
+    assert list(recent.last) == ["c", "b"]  # the newest last
+    recent.lost("b")
+    assert not recent.fresh("b")
+    stale = _Recent(seconds=0)
+    stale.found("a")
+    assert not stale.fresh("a")
 
 
 @pytest.mark.anyio
@@ -142,6 +143,26 @@ async def test_static_files_is_one_hop_and_no_listener(site: Path, hops: list[st
     assert send.types == ["http.response.start", ZEROCOPYSEND]
     assert dict(send.messages[0]["headers"])[b"content-encoding"] == b"gzip"
     assert hops == ["lookup_path"]  # Starlette's own lookup; the file opens on the loop after it
+    again = Recorder()
+    await app(scope_for("/app.css", accept_encoding="gzip"), no_receive, again)
+    assert again.messages[0] == send.messages[0]  # the same answer,
+    assert hops == ["lookup_path"]  # looked up again on the loop: found moments ago
+
+
+@pytest.mark.anyio
+async def test_static_files_takes_starlettes_way_for_what_is_no_longer_a_file(
+    site: Path, hops: list[str]
+) -> None:
+    app = StaticFiles(directory=site, html=True)
+    app.config_checked = True
+    await app(scope_for("/app.css"), no_receive, Recorder())
+    (site / "app.css").unlink()
+    (site / "app.css").mkdir()  # a directory now: Starlette's way (a redirect to app.css/)
+    (site / "app.css" / "index.html").write_bytes(b"index")
+    send = Recorder()
+    await app(scope_for("/app.css"), no_receive, send)
+    assert send.messages[0]["status"] == 307
+    assert hops[0] == "lookup_path" and hops[1:3] == ["lookup_path", "lookup_path"]
 
 
 @pytest.mark.anyio
