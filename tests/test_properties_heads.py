@@ -46,7 +46,7 @@ from fastbody.integrations.proxy.wsgi import WSGIReverseProxy
 PROPERTY = settings(
     max_examples=700, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
-BIG = settings(PROPERTY, max_examples=20_000)
+BIG = settings(PROPERTY, max_examples=6000)
 TIMEOUT = 5.0
 HOST = "upstream.test"
 PROXY = WSGIReverseProxy(f"http://{HOST}")  # no connection is made: the tests hand it sockets
