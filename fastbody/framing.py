@@ -14,6 +14,7 @@ frames a body it sends, ``for_message`` how a received response is delimited (RF
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -113,12 +114,17 @@ def declared(headers: Iterable[tuple[bytes | str, bytes | str]]) -> Declared:
     return Declared(lengths[0] if lengths else None, bool(codings))
 
 
+@functools.lru_cache(maxsize=1024)
 def for_response(
     *, http11: bool, method: str | bytes, status: int, declared: Declared, known: int | None
 ) -> Framing:
     """How a server frames the body it sends: the app's own framing fields first, then the
     source's ``known`` length (added as Content-Length), then chunked for HTTP/1.1 and the
-    connection's end for HTTP/1.0 — the order Go's ``net/http`` and gunicorn follow."""
+    connection's end for HTTP/1.0 — the order Go's ``net/http`` and gunicorn follow.
+
+    A pure decision whose answer is immutable, so answers are remembered: a server asks the
+    same few questions again and again, and making a frozen ``Framing`` costs more than
+    looking one up."""
     if not body_allowed(method, status):
         # A HEAD may say what the GET would send; 1xx/204/304 get nothing added.
         add = method in ("HEAD", b"HEAD") and declared.length is None and known is not None

@@ -134,11 +134,13 @@ class Destination:
 
 
 class Progress:
-    """Bytes sent so far against an optional limit; every byte sent is counted in ``stats``."""
+    """Bytes sent so far against an optional limit; every byte sent is counted in ``stats``, and
+    in ``moved`` by path when given (a whole response's tally, which spans its pieces)."""
 
-    def __init__(self, limit: int | None) -> None:
+    def __init__(self, limit: int | None, moved: dict[str, int] | None = None) -> None:
         self.limit = limit
         self.sent = 0
+        self.moved = moved
         self.at = time.monotonic()  # when the transfer last moved a byte (read or written)
 
     @property
@@ -156,6 +158,8 @@ class Progress:
     def add(self, path: str, count: int) -> None:
         self.sent += count
         counters.add(path, count)
+        if self.moved is not None:
+            self.moved[path] += count
         if count:
             self.at = time.monotonic()
 

@@ -54,18 +54,6 @@ def outcome_of(error: BaseException, *, socket_source: bool = False) -> str:
     return counters.ERROR
 
 
-class _Tally(Progress):
-    """A piece's ``Progress`` that also adds its bytes to the response's own by path."""
-
-    def __init__(self, limit: int | None, moved: dict[str, int]) -> None:
-        super().__init__(limit)
-        self.moved = moved
-
-    def add(self, path: str, count: int) -> None:
-        super().add(path, count)
-        self.moved[path] += count
-
-
 class ResponseWriter:
     """The body of one response, sent piece by piece on ``sock``.
 
@@ -172,7 +160,7 @@ class ResponseWriter:
         dst = destination(self.sock)
         dst.pending, self.pending = self.pending, b""
         self.ended = last
-        self._piece = _Tally(count, self._moved)
+        self._piece = Progress(count, self._moved)  # the piece's count, and the response's by path
         self._socket_source = isinstance(body, StreamBody) and body.kind is StreamKind.SOCKET
         return pump(
             dst,

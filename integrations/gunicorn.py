@@ -45,6 +45,7 @@ the workers wrap the app so that, before it runs, that response becomes a ``Fast
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import socket
 import threading
@@ -277,7 +278,12 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
 def _file_parts(source: object) -> FileParts | None:
     """Parts of a regular file to send from their own offsets: an answer's ``FileParts``, or
     whitenoise's range of a file seen as one."""
+    if type(source) in _PLAIN_FILES:  # what open() returns is neither (and is the common case)
+        return None
     return source if isinstance(source, FileParts) else sliced_file(source)
+
+
+_PLAIN_FILES = frozenset({io.BufferedReader, io.FileIO, io.BufferedRandom})
 
 
 def _send_parts(body: FileParts, writer: fastbody.ResponseWriter) -> None:
@@ -334,8 +340,9 @@ def _upgrade(
         response.settings = settings
         environ["wsgi.file_wrapper"] = FileWrapper
         body = served(environ, start_response)
-        # werkzeug's range of a file wrapper is no file wrapper: gunicorn would iterate it.
-        ranged = werkzeug_range(body, FileWrapper)
+        # werkzeug's range of a file wrapper is no file wrapper: gunicorn would iterate it. (A
+        # file wrapper is none of werkzeug's, and is not asked: each attribute it lacks costs.)
+        ranged = None if isinstance(body, FileWrapper) else werkzeug_range(body, FileWrapper)
         return body if ranged is None else FileWrapper(ranged)
 
     return fastbody_app
