@@ -423,7 +423,7 @@ def _ready_chunks(run: _Run, body: StreamBody, pool: PipePool, framing: BodyWrit
             yield Wait(src, Event.READ)  # data, its end, or an error
             size = syscalls.pending_bytes(src)
             if not size:  # readable with nothing to read: the end, or a reset to raise...
-                if not syscalls.readable(src):
+                if not syscalls.readable_now(src):
                     continue  # ...unless the wait ended without it being readable: wait again
                 if code := syscalls.pending_error(src):
                     raise OSError(code, os.strerror(code))

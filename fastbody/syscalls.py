@@ -248,14 +248,6 @@ def pending_bytes(fd: int) -> int:
     return int.from_bytes(size, sys.byteorder)
 
 
-def readable(fd: int) -> bool:
-    """Whether reading ``fd`` would not block now (data, its end, or an error): a poll that
-    does not wait."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
-
-
 def pending_error(fd: int) -> int:
     """The error a socket holds (``SO_ERROR``, cleared by reading it); 0 for none or a non-socket."""
     if not stat.S_ISSOCK(os.fstat(fd).st_mode):
