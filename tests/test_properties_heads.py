@@ -498,7 +498,7 @@ BAD_EXTENSIONS = st.sampled_from(
     ]
 )
 BAD_SIZES = st.sampled_from([b"", b"g", b"-1", b"+5", b"0x5", b"1" * 16, b"f" * 21, b" 5", b"5 "])
-DATA_ENDS = st.sampled_from([b"\n", b"", b"\r", b"xy", b"\r\r\n", b"\n\r"])
+DATA_ENDS = st.sampled_from([b"\n", b"", b"\r", b"xy", b"\r\r\n", b"\n\r", b"x\r\n", b"\r\n\r\n"])
 
 
 @st.composite
@@ -514,11 +514,19 @@ def extensions(draw: st.DrawFn, flawed: bool) -> bytes:
 
 
 @st.composite
-def chunk(draw: st.DrawFn, flawed: bool) -> bytes:
+def chunk(draw: st.DrawFn, flawed: bool, flaw: str = "") -> bytes:
+    """One chunk: by the grammar, with flaws (each part bad one time in four), or with exactly
+    the one ``flaw`` named ("size", "extension", "line end", "data end")."""
     data = draw(st.binary(min_size=1, max_size=24))
     size = len(data) + (draw(st.sampled_from([0] * 6 + [-1, 1])) if flawed else 0)
-    line = pick(draw, flawed, size_text(max(size, 0)), BAD_SIZES) + draw(extensions(flawed))
-    return line + draw(line_end(flawed)) + data + pick(draw, flawed, st.just(b"\r\n"), DATA_ENDS)
+    line = draw(BAD_SIZES) if flaw == "size" else pick(draw, flawed, size_text(max(size, 0)), BAD_SIZES)
+    line += draw(st.builds(bytes.__add__, extensions(False), BAD_EXTENSIONS)) if flaw == "extension" else b""
+    line += draw(extensions(flawed)) if flaw != "extension" else b""
+    line += (
+        draw(st.sampled_from([b"\r", b"\r\r\n", b"\n\r"])) if flaw == "line end" else draw(line_end(flawed))
+    )
+    end = draw(DATA_ENDS) if flaw == "data end" else pick(draw, flawed, st.just(b"\r\n"), DATA_ENDS)
+    return line + data + end
 
 
 TRAILER_FIELDS = st.sampled_from([b"X-Checksum: abc", b"Expires: 0", b"X-A:b", b"X-Empty:", b"X-Tab:\tv "])
@@ -540,11 +548,16 @@ BAD_TRAILER_FIELDS = st.sampled_from(
 @st.composite
 def chunked_body(draw: st.DrawFn) -> bytes:
     """Chunks, the last chunk (extensions allowed), trailer fields, the end (by the grammar; or
-    with flaws, each part bad one time in four; or edited byte by byte); then bytes after the
+    with flaws, each part bad one time in four; or all by the grammar but one flaw in one chunk;
+    or edited byte by byte); then bytes after the
     message (the next answer on the connection, or garbage) that neither reader may take."""
-    kind = draw(st.sampled_from(["grammar"] * 4 + ["flawed"] * 4 + ["edited"] * 2))
+    kind = draw(st.sampled_from(["grammar"] * 4 + ["flawed"] * 3 + ["one flaw"] * 4 + ["edited"] * 2))
     flawed = kind == "flawed"
-    body = b"".join(draw(st.lists(chunk(flawed), max_size=4)))
+    chunks = draw(st.lists(chunk(flawed), max_size=4))
+    if kind == "one flaw":  # every part by the grammar but one, in one chunk: the sharpest test
+        flaw = draw(st.sampled_from(["size", "extension", "line end", "data end", "data end"]))
+        chunks.insert(draw(st.integers(0, len(chunks))), draw(chunk(False, flaw)))
+    body = b"".join(chunks)
     last = b"0" * draw(st.integers(1, 3)) + draw(extensions(flawed))
     body += last + draw(line_end(flawed))
     for field in draw(
