@@ -57,10 +57,13 @@ async def run_async(
     loop = asyncio.get_running_loop()
     # The loop may not watch an fd a transport owns, so waits are registered on dups.
     dups: dict[int, int] = {}
+    watch = _Watch(loop)
+    waited = False  # the loop ran other tasks since the last checkpoint (during a wait)
     try:
         request: Request = next(pump)
         while True:
             if isinstance(request, Pull):
+                watch.release()  # a writable socket left watched would wake the loop while we pull
                 try:
                     chunk = await _pull(request)
                 except Exception as error:  # the pump cleans up and adds the count sent
@@ -69,14 +72,19 @@ async def run_async(
                     request = pump.send(chunk)
                 continue
             if isinstance(request, Checkpoint):
-                await asyncio.sleep(0)
+                # The loop has run other tasks if the pump waited since the last checkpoint:
+                # only a run of CHECKPOINT_EVERY bytes without a wait needs to give way.
+                if not waited:
+                    await asyncio.sleep(0)
+                waited = False
                 request = pump.send(None)
                 continue
             dup = dups.get(request.fd)
             if dup is None:
                 dup = dups[request.fd] = os.dup(request.fd)
             wait = _wait_time(timeout, deadline)
-            if wait != 0 and await ready_async(loop, dup, request.event, wait):
+            waited = True
+            if wait != 0 and await watch.ready(dup, request.event, wait):
                 request = pump.send(None)
             else:
                 request = pump.throw(_timed_out(request, timeout, deadline))
@@ -85,8 +93,95 @@ async def run_async(
         return result
     finally:
         pump.close()  # on cancellation too: the pump releases its pipe and restores modes
+        watch.release()  # before the dups close: the loop never watches a closed (or reused) fd
         for dup in dups.values():
             os.close(dup)
+
+
+class _Watch:
+    """One run's waits on the loop: the registration of the last wait and one idle timer stay
+    between waits, so that a pump that waits again and again for the same fd and event (a
+    sendfile to a slow reader) costs a future per wait, not a registration and a timer (on
+    uvloop a poll handle made and torn down each time: about six epoll_ctl and an ioctl).
+
+    Invariants:
+
+    - At most one fd and event is watched, the last waited for, and only while the run lasts
+      (``release`` in the run's ``finally``, before its dups close). Between waits the pump
+      runs without awaiting, so a ready fd wakes nobody; the loop passes only at a checkpoint
+      (a ready fd then calls ``_fire`` once, for no waiter) and while a chunk is pulled, which
+      ``release``s first: a writable socket would call ``_fire`` on every pass of the loop.
+      A wait for another fd or event drops the old registration first, for the same reason.
+    - A waiter is woken only by readiness seen after it was made. asyncio runs the callbacks
+      of one ``select`` after the task steps already queued: the readiness of the data this
+      step just consumed could wake the next wait, which would then find nothing (EAGAIN, or
+      FIONREAD 0 taken for the end). So a waiter is armed by a callback queued behind
+      everything already queued, and ``_fire`` ignores it until then.
+    - One timer, due at or before the waiter's expiry: the expiries of successive waits only
+      grow (the idle timeout, cut to the deadline), so a timer due early is set again for the
+      current waiter's, and at most one timer event happens per timeout, not a timer per wait.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.watched: tuple[int, Event] | None = None
+        self.waiter: asyncio.Future[bool] | None = None
+        self.armed = False  # readiness may settle ``waiter``
+        self.expires = 0.0  # loop time by which ``waiter`` must be ready
+        self.timer: asyncio.TimerHandle | None = None
+
+    async def ready(self, fd: int, event: Event, timeout: float | None) -> bool:
+        """Whether ``fd`` got ready for ``event`` within ``timeout`` seconds."""
+        if self.watched != (fd, event):
+            self.release()
+            if event is Event.READ:
+                self.loop.add_reader(fd, self._fire)
+            else:
+                self.loop.add_writer(fd, self._fire)
+            self.watched = (fd, event)
+        waiter: asyncio.Future[bool] = self.loop.create_future()
+        self.waiter, self.armed = waiter, False
+        self.loop.call_soon(self._arm, waiter)
+        if timeout is not None:
+            self.expires = self.loop.time() + timeout
+            if self.timer is None:
+                self.timer = self.loop.call_at(self.expires, self._expire)
+        try:
+            return await waiter
+        finally:
+            self.waiter, self.armed = None, False
+
+    def _arm(self, waiter: asyncio.Future[bool]) -> None:
+        if waiter is self.waiter:
+            self.armed = True
+
+    def _fire(self) -> None:
+        waiter = self.waiter
+        if self.armed and waiter is not None and not waiter.done():
+            waiter.set_result(True)
+
+    def _expire(self) -> None:
+        self.timer = None
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return  # no wait now: the next one sets a timer
+        if self.loop.time() >= self.expires:
+            waiter.set_result(False)
+        else:
+            self.timer = self.loop.call_at(self.expires, self._expire)
+
+    def release(self) -> None:
+        """Stop watching and timing (the run ends, or the loop is to pass without a wait)."""
+        if self.watched is not None:
+            fd, event = self.watched
+            self.watched = None
+            if event is Event.READ:
+                self.loop.remove_reader(fd)
+            else:
+                self.loop.remove_writer(fd)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 async def _pull(request: Pull) -> object:
