@@ -88,7 +88,9 @@ DENIAL_BUG = pytest.mark.xfail(
 )
 
 
-@pytest.mark.parametrize("size", [pytest.param(0, marks=DENIAL_BUG, id="empty"), pytest.param(10, id="ten-bytes")])
+@pytest.mark.parametrize(
+    "size", [pytest.param(0, marks=DENIAL_BUG, id="empty"), pytest.param(10, id="ten-bytes")]
+)
 def test_websocket_denial_response(tmp: Path, size: int) -> None:
     from fastbody.integrations.starlette import ZeroCopyResponse
 
