@@ -10,7 +10,10 @@ run time (its CPU clock, ns, all threads: ``harness.worker_cpu``) before and aft
 1. a 1 GiB file (page cache) by ``wsgi.file_wrapper(open(path, "rb"))``;
 2. 1 GiB that a feeder process writes into a socket in 64 KiB chunks: stock iterates 64 KiB
    ``recv`` chunks, fastbody returns ``file_wrapper(sock, length=N)``; 2b. the same for a pipe
-   (``cat FILE``'s stdout: 64 KiB ``read`` chunks vs ``file_wrapper(stdout, length=N)``);
+   (``cat FILE``'s stdout: 64 KiB ``read`` chunks vs ``file_wrapper(stdout, length=N)``), with
+   the raw-splice floor beside it in the same run (``SpliceFloor``: a bare ``os.splice`` loop;
+   on loopback the sender's CPU is mostly the kernel's TCP send and receive path, which no
+   worker avoids, so the floor, not half of stock, is what the pipe rows can reach);
 3. ``wrk -t1 -c8 -d10s`` on 1 KiB, 16 KiB and 1 MiB files by ``file_wrapper``, ``--repeat`` runs
    per server, each fastbody worker alternating with its stock baseline (A/B), medians and spreads
    (wrk comes from ``apt-get update && apt-get install -y wrk``; without it these rows are skipped).
