@@ -248,8 +248,9 @@ class ZeroCopyResponse(StreamingResponse):
             reply = self._reply = await body.prepare(
                 scope, self.status_code, self.raw_headers, self._head_only(scope)
             )
-            if reply.listens:
-                # StreamingResponse runs stream_response beside listen_for_disconnect.
+            if reply.listens or scope["type"] != "http":
+                # StreamingResponse runs stream_response beside listen_for_disconnect (and
+                # makes a websocket denial's messages websocket.http.response.*).
                 await super().__call__(scope, receive, send)
                 return
             # The server moves the body (or there is none): no task group, as FileResponse
@@ -491,9 +492,9 @@ class _PathBody:
         found = files.answer(method, request, fields, stat_result.st_size, status=status)
         head = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in found.headers]
         whole = found.status == status and found.parts == [FileRange(0, stat_result.st_size)]
-        return self._reply(found.status, head, found.parts, _extensions(scope), whole=whole)
+        return await self._reply(found.status, head, found.parts, _extensions(scope), whole=whole)
 
-    def _reply(
+    async def _reply(
         self,
         status: int,
         head: list[tuple[bytes, bytes]],
@@ -507,12 +508,10 @@ class _PathBody:
         zero_copy = ZEROCOPYSEND in extensions
         if whole and not zero_copy and PATHSEND in extensions:
             return _Reply(status, head, partial(_send_pathsend, self.path), listens=False)
-        # Opened on the loop, with no await before the reply owns it (nothing can be lost to a
-        # cancellation): its stat was taken just now, in a thread, by StaticFiles or by prepare,
-        # so the open finds the name in the dentry cache (as the server's own open for pathsend
-        # does). One thread hop per response for the stat, not another for the open; without
-        # the extensions the engine then reads it, in threads, as FileResponse does.
-        file = _open_unbuffered(self.path)
+        # No await between the open and the reply owning the file (nothing can be lost to a
+        # cancellation); without the extensions the engine then reads it, in threads, as
+        # FileResponse does.
+        file = await _open_file(self.path)
         send_body = partial(send_parts, file, parts, zero_copy=zero_copy)
         boundaries = any(isinstance(part, bytes) for part in parts)  # multipart
         return _Reply(status, head, send_body, listens=boundaries or not zero_copy, opened=file)
@@ -638,11 +637,40 @@ def _open_binary(path: str | os.PathLike[str]) -> io.BufferedReader:
     return open(path, "rb")
 
 
-def _open_unbuffered(path: str | os.PathLike[str]) -> io.FileIO:
-    """The file for a zero-copy body, which the server reads by its fd (no buffer). Opened on
-    the loop: O_NONBLOCK, so that a FIFO put in the file's place since its stat cannot block
-    the loop in ``open`` (for a regular file the flag changes nothing)."""
-    return io.FileIO(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "r")
+async def _open_file(path: str | os.PathLike[str]) -> io.FileIO:
+    """The file for a body the server or the engine reads by its fd (no buffer). Its stat was
+    taken just now (by StaticFiles, or by ``prepare``), so its name is in the kernel's caches:
+    it opens on the loop (as nginx opens on its own), non-blocking, so that a FIFO put in the
+    file's place cannot block the loop. A file under a lease (Samba's oplocks, a sync daemon)
+    says EWOULDBLOCK to that at once: it opens in a thread then (shielded: a cancellation
+    during the open would lose the file), waiting for the lease's holder to let go, as
+    FileResponse's open does."""
+    name = os.fspath(path)
+    with suppress(BlockingIOError):
+        return _checked_file(os.open(name, _OPEN_NOW), name)
+    with anyio.CancelScope(shield=True):
+        file = await anyio.to_thread.run_sync(_open_regular_file, name)
+    return file
+
+
+_OPEN_NOW = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _open_regular_file(name: str) -> io.FileIO:
+    try:
+        fd = os.open(name, _OPEN_NOW)
+    except BlockingIOError:  # a lease: its holder is told, the open waits until it lets go
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+    return _checked_file(fd, name)
+
+
+def _checked_file(fd: int, name: str) -> io.FileIO:
+    """``fd`` as a file, if it still is a regular file (the name was stat'ed as one before)."""
+    file = io.FileIO(fd, "r")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        file.close()
+        raise RuntimeError(f"File at path {name} is not a file.")
+    return file
 
 
 def _fileno(content: object) -> int | None:
