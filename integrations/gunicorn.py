@@ -45,6 +45,7 @@ the workers wrap the app so that, before it runs, that response becomes a ``Fast
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import logging
 import socket
@@ -192,7 +193,7 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
             http11=self.req.version >= (1, 1),
             method=self.req.method,
             status=self.status_code,
-            declared=fastbody.framing.Declared(self.response_length),
+            declared=_declared(self.response_length),
             known=known,
         )
         if framing.add_length:
@@ -216,7 +217,7 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
             count = framing.length if respiter.length is None else min(framing.length or 0, respiter.length)
         # The heartbeat is for transfers that may take a while, not one write of a small file.
         small = count is not None and count < fastbody.plan.SMALL_BODY
-        guard = self.heartbeat if self.heartbeat is not None and not small else nullcontext()
+        guard = self.heartbeat if self.heartbeat is not None and not small else _NO_GUARD
         current: object = described  # the source of the piece under way: who failed, if one does
         failure: BaseException | None = None
         try:
@@ -273,6 +274,14 @@ class FastResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
 
     def _settings(self) -> Settings:
         return self.settings if self.settings is not None else Settings.of(self.cfg)
+
+
+_NO_GUARD: AbstractContextManager[object] = nullcontext()  # stateless: one serves every response
+
+_declared = functools.lru_cache(maxsize=1024)(fastbody.framing.Declared)
+"""What a head's Content-Length (or its absence) says: one shared, immutable ``Declared`` per
+length, cheaper than a new frozen one per response, and the same object each time, which
+``framing.for_response``'s remembered answers then find at once."""
 
 
 def _file_parts(source: object) -> FileParts | None:
