@@ -112,11 +112,13 @@ class _Watch:
       (a ready fd then calls ``_fire`` once, for no waiter) and while a chunk is pulled, which
       ``release``s first: a writable socket would call ``_fire`` on every pass of the loop.
       A wait for another fd or event drops the old registration first, for the same reason.
-    - A waiter is woken only by readiness seen after it was made. asyncio runs the callbacks
-      of one ``select`` after the task steps already queued: the readiness of the data this
-      step just consumed could wake the next wait, which would then find nothing (EAGAIN, or
-      FIONREAD 0 taken for the end). So a waiter is armed by a callback queued behind
-      everything already queued, and ``_fire`` ignores it until then.
+    - A waiter is woken only by readiness seen after it was made. asyncio's own loops queue
+      the callbacks of one ``select`` behind the task steps already queued: the readiness of
+      the data this step just consumed could wake the next wait, which would then find
+      nothing (EAGAIN, or FIONREAD 0 taken for the end). There a waiter is armed by a callback
+      queued behind everything already queued, and ``_fire`` ignores it until then. uvloop
+      calls them from its poll, where no task step runs: its waiters are armed at once (a
+      deferred arming would cost it one more poll per wait).
     - One timer, due at or before the waiter's expiry: the expiries of successive waits only
       grow (the idle timeout, cut to the deadline), so a timer due early is set again for the
       current waiter's, and at most one timer event happens per timeout, not a timer per wait.
@@ -129,6 +131,7 @@ class _Watch:
         self.armed = False  # readiness may settle ``waiter``
         self.expires = 0.0  # loop time by which ``waiter`` must be ready
         self.timer: asyncio.TimerHandle | None = None
+        self.arm_at_once = type(loop).__module__.partition(".")[0] == "uvloop"
 
     async def ready(self, fd: int, event: Event, timeout: float | None) -> bool:
         """Whether ``fd`` got ready for ``event`` within ``timeout`` seconds."""
@@ -140,8 +143,9 @@ class _Watch:
                 self.loop.add_writer(fd, self._fire)
             self.watched = (fd, event)
         waiter: asyncio.Future[bool] = self.loop.create_future()
-        self.waiter, self.armed = waiter, False
-        self.loop.call_soon(self._arm, waiter)
+        self.waiter, self.armed = waiter, self.arm_at_once
+        if not self.arm_at_once:
+            self.loop.call_soon(self._arm, waiter)
         if timeout is not None:
             self.expires = self.loop.time() + timeout
             if self.timer is None:
