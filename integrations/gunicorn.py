@@ -414,8 +414,12 @@ class FastSync(SyncWorker):  # type: ignore[misc]
         except OSError as error:
             if not _out_of_fds(error):
                 raise
-            self.notify()
-            time.sleep(ACCEPT_PAUSE)
+            # In steps, telling the arbiter between them: a --timeout under the pause must not
+            # get the worker killed for it.
+            resume = time.monotonic() + ACCEPT_PAUSE
+            while (left := resume - time.monotonic()) > 0:
+                self.notify()
+                time.sleep(min(left, self.timeout / 2) if self.timeout else left)
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
