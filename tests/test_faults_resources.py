@@ -1005,3 +1005,37 @@ def test_range_abuse(
     assert not wrong, wrong
     assert "Traceback" not in log, log[-3000:]
     assert_released(before, after)
+
+
+def test_the_sync_worker_out_of_fds_pauses_and_serves(logs: Path, fault_table: FaultTable) -> None:
+    """gunicorn's own sync worker lets EMFILE from accept end it; fastbody's logs it, pauses
+    accepting for a second at a time (telling the arbiter in steps: ``--timeout 1`` is shorter
+    than the pause), and takes the waiting connection once fds are free."""
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", "--no-control-socket", "-b", f"127.0.0.1:{port}"]
+    command += ["-w", "1", "-k", "egg:fastbody#sync", "--timeout", "1", "--chdir", str(APPS)]
+    server = launch([*command, "fd_hog_wsgi_app:app"], port, logs / f"emfile-sync-{port}.log")
+    try:
+        pid = int(server.info()["pid"])
+        before = held(pid)
+        assert httpx.get(f"{server.url}/hog?seconds=2.5", timeout=10).status_code == 200
+        time.sleep(0.3)  # every fd of the worker's is taken now
+        started = time.monotonic()
+        again = httpx.get(f"{server.url}/stats", timeout=20)
+        waited = time.monotonic() - started
+        log = server.errors()
+        after = settled(pid, before)
+        fault_table.record(
+            "EMFILE: the app holds every fd for 2.5 s",
+            "sync",
+            f"answered after {waited:.1f} s",
+            before,
+            after,
+        )
+        assert again.json()["pid"] == pid, f"another worker answered:\n{log[-3000:]}"
+        assert 1.5 < waited < 10, waited
+        assert "accept() failed (Too many open files)" in log, log[-3000:]
+        assert "WORKER TIMEOUT" not in log
+        assert_released(before, after)
+    finally:
+        stop(server)
