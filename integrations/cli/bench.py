@@ -42,7 +42,7 @@ class Benchmark:
 
 
 SUITE = (
-    Benchmark("gunicorn.py", "gunicorn workers", ("--quick", "--repeat", "1"), (), 3, 1500),
+    Benchmark("gunicorn.py", "gunicorn workers", ("--quick", "--repeat", "1"), (), 13, 1500),
     Benchmark("uvicorn.py", "uvicorn and Starlette", ("--quick", "--repeat", "1"), (), 10, 1500),
     Benchmark("proxy.py", "reverse proxies", ("--quick", "--repeat", "1"), (), 6, 1500),
     Benchmark("static.py", "static files and peers", ("--quick", "--repeat", "1"), (), 6, 1200),
