@@ -500,6 +500,11 @@ def _sendfile(run: _Run, body: FileBody) -> Attempt:
             progress.add(counters.SENDFILE, sent)
             if sent < asked:
                 run.waits.partial(dst.fd, called)
+                if not progress.done and run.waits.ahead(dst.fd):
+                    # The send buffer is full: the next call would only get EAGAIN (and read
+                    # page cache into sendfile's pipe for nothing). Sockets that wait in the
+                    # kernel (the blocking driver) call again: the kernel waits there.
+                    yield Wait(dst.fd, Event.WRITE)
             yield from run.checkpoint()
     return True
 
