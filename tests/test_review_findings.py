@@ -17,6 +17,7 @@ import asyncio
 import fcntl
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,10 +65,17 @@ def test_path_with_a_write_lease_held_is_served(server: Server, tmp: Path, seen:
 
     previous = signal.signal(signal.SIGIO, release)
     try:
-        try:
-            fcntl.fcntl(holder, fcntl.F_SETLEASE, fcntl.F_WRLCK)
-        except OSError as error:  # not the owner, no CAP_LEASE, a file system without leases
-            pytest.skip(f"cannot take a write lease here: {error}")
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                fcntl.fcntl(holder, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+                break
+            except BlockingIOError:  # the file is open elsewhere: the server's last response closing it
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+            except OSError as error:  # not the owner, no CAP_LEASE, a file system without leases
+                pytest.skip(f"cannot take a write lease here: {error}")
         answer = httpx.get(f"{server.url}/path", params={"path": str(path)}, timeout=30)
     finally:
         signal.signal(signal.SIGIO, previous)
