@@ -52,7 +52,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, nullcontext, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -393,11 +393,18 @@ ACCEPT_PAUSE = 1.0
 connections waiting stay in the backlog and are taken once fds are free again."""
 
 
-def _out_of_fds(error: OSError) -> bool:
-    if error.errno not in OUT_OF_FDS:
-        return False
-    log.error("fastbody: accept() failed (%s): no new connections for %.0f s", error.strerror, ACCEPT_PAUSE)
-    return True
+@contextmanager
+def _paused_when_out_of_fds(pause: Callable[[], None]) -> Iterator[None]:
+    """Around an accept: out of fds, log it and ``pause`` accepting instead of letting the
+    error end the worker; any other error goes on."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in OUT_OF_FDS:
+            raise
+        pausing = "fastbody: accept() failed (%s): no new connections for %.0f s"
+        log.error(pausing, error.strerror, ACCEPT_PAUSE)
+        pause()
 
 
 class FastSync(SyncWorker):  # type: ignore[misc]
@@ -409,17 +416,16 @@ class FastSync(SyncWorker):  # type: ignore[misc]
     wsgi: WSGIApp
 
     def accept(self, listener: socket.socket) -> None:
-        try:
+        with _paused_when_out_of_fds(self._pause_accepting):
             super().accept(listener)
-        except OSError as error:
-            if not _out_of_fds(error):
-                raise
-            # In steps, telling the arbiter between them: a --timeout under the pause must not
-            # get the worker killed for it.
-            resume = time.monotonic() + ACCEPT_PAUSE
-            while (left := resume - time.monotonic()) > 0:
-                self.notify()
-                time.sleep(min(left, self.timeout / 2) if self.timeout else left)
+
+    def _pause_accepting(self) -> None:
+        # In steps, telling the arbiter between them: a --timeout under the pause must not get
+        # the worker killed for it.
+        resume = time.monotonic() + ACCEPT_PAUSE
+        while (left := resume - time.monotonic()) > 0:
+            self.notify()
+            time.sleep(min(left, self.timeout / 2) if self.timeout else left)
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
@@ -446,13 +452,12 @@ class FastThread(ThreadWorker):  # type: ignore[misc]
     _accept_again_at = 0.0  # monotonic time before which accepting stays off
 
     def accept(self, listener: socket.socket) -> None:
-        try:
+        with _paused_when_out_of_fds(self._pause_accepting):
             super().accept(listener)
-        except OSError as error:
-            if not _out_of_fds(error):
-                raise
-            self._accept_again_at = time.monotonic() + ACCEPT_PAUSE
-            self.set_accept_enabled(False)
+
+    def _pause_accepting(self) -> None:
+        self._accept_again_at = time.monotonic() + ACCEPT_PAUSE
+        self.set_accept_enabled(False)
 
     def set_accept_enabled(self, enabled: bool) -> None:
         # The main loop turns accepting back on whenever it has room for connections: not
