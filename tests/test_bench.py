@@ -3,34 +3,20 @@ the progress display."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from resources import harness
 
 from fastbody.integrations.cli.bench import SUITE, Progress
 from fastbody.integrations.cli.report import Row, parse_rows
 
 REPO = Path(__file__).resolve().parent.parent
 
-
-def _load_harness() -> ModuleType:
-    """benchmarks/harness.py, loaded by its path: putting benchmarks/ on sys.path would let its
-    uvicorn.py and gunicorn.py shadow the real packages for every test collected after this one."""
-    spec = importlib.util.spec_from_file_location("bench_harness", REPO / "benchmarks" / "harness.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # (dataclasses look their module up by name)
-    spec.loader.exec_module(module)
-    return module
-
-
-harness = _load_harness()
 
 BUSY = """
 import os, sys, threading, time
