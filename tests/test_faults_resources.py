@@ -191,6 +191,14 @@ def can_run_as_nobody() -> str | None:
         return "no per-user pipe budget on this kernel"
     if int(Path("/proc/sys/fs/pipe-user-pages-soft").read_text()) == 0:
         return "the per-user pipe budget is unlimited (pipe-user-pages-soft = 0)"
+    # The project and its venv must be readable by nobody (a clone in a private directory,
+    # such as mktemp -d's, is not).
+    probe = "import gunicorn, uvicorn, fastbody.integrations.gunicorn"
+    command = [*AS_NOBODY, sys.executable, "-c", probe]
+    tried = subprocess.run(command, capture_output=True, timeout=60, cwd="/")
+    if tried.returncode != 0:
+        last = tried.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        return f"user nobody cannot import the servers from {sys.prefix} ({last[0]})"
     return None
 
 
