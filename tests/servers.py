@@ -16,12 +16,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 
 MIB = 1 << 20
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -133,12 +134,14 @@ def moved(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {path: after[path] - before[path] for path in after if after[path] != before[path]}
 
 
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+def wait_until(condition: Callable[[], T], timeout: float, what: str) -> T:
+    """What ``condition`` gives once it is true; an AssertionError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (value := condition()):
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout} s: {what}")
         time.sleep(0.05)
+    return value
 
 
 def make_certificate(directory: Path) -> tuple[str, str]:

@@ -157,10 +157,7 @@ class Target:
         return re.search(pattern, self.errors()[since:])
 
     def wait_broken(self, since: int, timeout: float) -> re.Match[str]:
-        wait_until(lambda: self.broken(since), timeout, f"{self.name} logs a broken body")
-        found = self.broken(since)
-        assert found is not None
-        return found
+        return wait_until(lambda: self.broken(since), timeout, f"{self.name} logs a broken body")
 
     def alive(self) -> None:
         """The server still answers from the same worker (not killed, not replaced)."""
