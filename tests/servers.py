@@ -222,3 +222,21 @@ def start_uvicorn(
     command += ["--http", f"fastbody.integrations.uvicorn:{PROTOCOLS[http]}"]
     scheme = "https" if "--ssl-certfile" in options else "http"
     return launch([*command, *options], port, log, env=env or {}, scheme=scheme)
+
+
+def start_serve(directory: Path, logs: Path, *options: str, prefix: tuple[str, ...] = ()) -> Server:
+    """``python -m fastbody serve DIRECTORY OPTIONS`` (one process: uvicorn runs in it, so it is
+    the worker; ``prefix``: a command it runs under, such as prlimit), once it accepts connections."""
+    port = free_port()
+    log = logs / f"fastbody-serve-{port}.log"
+    command = [*prefix, sys.executable, "-m", "fastbody", "serve", str(directory), "--port", str(port)]
+    with open(log, "wb") as output:
+        process = subprocess.Popen([*command, *options], stdout=output, stderr=subprocess.STDOUT)
+    server = Server(process, port, log, log)
+    try:
+        wait_until(lambda: accepts(port) or process.poll() is not None, 30, "fastbody serve up")
+        assert process.poll() is None, server.errors()
+    except BaseException:
+        stop(server)
+        raise
+    return server

@@ -39,8 +39,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -58,7 +56,7 @@ pytest.importorskip("uvicorn")
 import h11
 from conftest import FaultTable
 from resources import Held, assert_released, held, settled
-from servers import MIB, Server, accepts, fetch, free_port, start_uvicorn, stop, wait_until
+from servers import MIB, Server, fetch, start_serve, start_uvicorn, stop, wait_until
 from test_gunicorn import start as start_gunicorn
 
 APPS = Path(__file__).resolve().parent / "apps"
@@ -170,25 +168,6 @@ class Target:
         assert "WORKER TIMEOUT" not in self.errors(), self.errors()
 
 
-def start_serve(site: Path, logs: Path) -> Server:
-    """``python -m fastbody serve SITE --send-timeout 2`` (one uvicorn process, which is the
-    worker), up when it accepts connections."""
-    port = free_port()
-    log = logs / f"fastbody-serve-{port}.log"
-    command = [sys.executable, "-m", "fastbody", "serve", str(site), "--port", str(port)]
-    command += ["--send-timeout", str(TIMEOUT)]
-    with open(log, "wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-    server = Server(process, port, log, log)
-    try:
-        wait_until(lambda: accepts(port) or process.poll() is not None, 30, "fastbody serve up")
-        assert process.poll() is None, server.errors()
-    except BaseException:
-        stop(server)
-        raise
-    return server
-
-
 def start_target(name: str, site: Path, logs: Path) -> Target:
     if name.startswith("gunicorn-"):
         worker = name.removeprefix("gunicorn-")
@@ -198,7 +177,7 @@ def start_target(name: str, site: Path, logs: Path) -> Target:
         env = {"FASTBODY_SEND_TIMEOUT": str(TIMEOUT)}
         server = start_uvicorn("asgi_app:app", APPS, logs, http, loop, env=env)
     else:
-        server = start_serve(site, logs)
+        server = start_serve(site, logs, "--send-timeout", str(TIMEOUT))
         # One uvicorn process serves and is the worker: no child does the work.
         children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text()
         if children.strip():

@@ -36,7 +36,7 @@ pytest.importorskip("starlette")
 
 from conftest import FaultTable  # noqa: E402
 from resources import Held, assert_released, held, settled  # noqa: E402
-from servers import MIB, Server, accepts, fetch, free_port, launch, moved, stop, wait_until  # noqa: E402
+from servers import MIB, Server, fetch, free_port, launch, moved, start_serve, stop, wait_until  # noqa: E402
 
 APPS = Path(__file__).resolve().parent / "apps"
 KIB = 1 << 10
@@ -439,24 +439,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_serve(directory: Path, logs: Path, *prefix: str) -> Server:
-    """``fastbody serve DIR`` (one process: uvicorn runs in it), once it accepts connections."""
-    port = free_port()
-    log = logs / f"serve-{port}.log"
-    command = [*prefix, sys.executable, "-m", "fastbody", "serve", str(directory)]
-    command += ["--port", str(port)]
-    with open(log, "wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-    server = Server(process, port, log, log)
-    try:
-        wait_until(lambda: accepts(port) or process.poll() is not None, 30, "fastbody serve up")
-        assert process.poll() is None, server.errors()
-    except BaseException:
-        stop(server)
-        raise
-    return server
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bytes]]:
     """A served directory and, beside it, what must never be served from it: ``outside/``
@@ -531,7 +513,7 @@ def test_at_the_fd_limit(
         running = launch(command, port, logs / f"emfile-gthread-{port}.log")
         limited = Limited(kind, running, route, f"/file?path={root / 'small.txt'}".encode())
     else:
-        limited = Limited(kind, start_serve(root, logs, *PRLIMIT), "/file.bin", b"/small.txt")
+        limited = Limited(kind, start_serve(root, logs, prefix=tuple(PRLIMIT)), "/file.bin", b"/small.txt")
     server, digest = limited.server, sha(files["file.bin"])
     try:
         pid = limited.worker()
