@@ -185,13 +185,20 @@ class Waits:
         self.kernel_fds: set[int] = set()
         self.slice = None if timeout is None else min(timeout, KERNEL_WAIT_SLICE)
 
-    def prepare(self, fd: int, tls: ssl.SSLSocket | None, timeout_option: int | None) -> ContextManager[None]:
-        """Set ``fd`` up for the transfer; ``timeout_option`` is given for sockets only."""
+    def prepare(
+        self,
+        fd: int,
+        tls: ssl.SSLSocket | None,
+        timeout_option: int | None,
+        handle: socket.socket | None = None,
+    ) -> ContextManager[None]:
+        """Set ``fd`` up for the transfer; ``timeout_option`` is given for sockets only,
+        ``handle`` when the caller's socket object on ``fd`` is known."""
         if tls is not None:
             return syscalls.tls_timeout(tls, self.timeout if self.in_kernel else 0.0)
         if self.in_kernel and timeout_option is not None:
             self.kernel_fds.add(fd)
-            return syscalls.kernel_waits(fd, timeout_option, self.slice)
+            return syscalls.kernel_waits(fd, timeout_option, self.slice, handle)
         return syscalls.nonblocking(fd)
 
     def until(self, fd: int, event: Event) -> Step:
@@ -319,7 +326,7 @@ def _set_up(run: _Run, body: Body, cleanup: ExitStack, in_kernel: bool) -> Body:
             dst.fd = dst.handle.fileno()
         if isinstance(body, StreamBody) and body.tls is None:
             body = replace(body, fd=_own_dup(cleanup, body.fd))
-    cleanup.enter_context(run.waits.prepare(dst.fd, dst.tls, socket.SO_SNDTIMEO))
+    cleanup.enter_context(run.waits.prepare(dst.fd, dst.tls, socket.SO_SNDTIMEO, dst.handle))
     if isinstance(body, StreamBody):
         option = socket.SO_RCVTIMEO if body.kind is StreamKind.SOCKET else None
         cleanup.enter_context(run.waits.prepare(body.fd, body.tls, option))

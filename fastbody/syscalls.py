@@ -286,28 +286,48 @@ def nonblocking(fd: int) -> Iterator[None]:
 
 
 @contextmanager
-def kernel_waits(fd: int, option: int, timeout: float | None) -> Iterator[None]:
+def kernel_waits(
+    fd: int, option: int, timeout: float | None, handle: socket.socket | None = None
+) -> Iterator[None]:
     """Make socket ``fd`` blocking, each wait bounded in the kernel by ``timeout`` seconds.
 
     ``option`` is ``SO_SNDTIMEO`` (a destination) or ``SO_RCVTIMEO`` (a source). A call that
     made no progress for that long then fails with EAGAIN. The socket's mode and option are
-    put back afterwards.
+    put back afterwards. ``handle``: the caller's socket object on ``fd``; when it says it is
+    blocking (no Python timeout: a worker's connection), its word is taken for the mode and
+    its calls are used. That is 3 system calls, not 9: under a threaded worker each call
+    lets go of the GIL, and each time another thread may take it.
     """
+    if handle is not None and handle.gettimeout() is None:
+        with _send_timeout(handle, option, timeout):
+            yield
+        return
     was_blocking = os.get_blocking(fd)  # before the handle: with a default timeout set, it changes it
     sock = socket.socket(fileno=fd)  # a handle for setsockopt, detached (not closed) at the end
     try:
-        previous = sock.getsockopt(socket.SOL_SOCKET, option, 16)
-        seconds = 0.0 if timeout is None else max(timeout, 1e-6)  # 0 means "wait forever" here
-        sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", int(seconds), int(seconds % 1 * 1e6)))
-        os.set_blocking(fd, True)
-        try:
-            yield
-        finally:
-            with suppress(OSError):  # the owner closed it meanwhile: nothing left to restore
-                sock.setsockopt(socket.SOL_SOCKET, option, previous)
-                os.set_blocking(fd, was_blocking)
+        with _send_timeout(sock, option, timeout):
+            os.set_blocking(fd, True)
+            try:
+                yield
+            finally:
+                with suppress(OSError):  # the owner closed it meanwhile: nothing left to restore
+                    os.set_blocking(fd, was_blocking)
     finally:
         sock.detach()
+
+
+@contextmanager
+def _send_timeout(sock: socket.socket, option: int, timeout: float | None) -> Iterator[None]:
+    """``option`` (``SO_SNDTIMEO``/``SO_RCVTIMEO``) set to ``timeout`` seconds (``None``: no
+    limit) for the duration, then put back as it was."""
+    previous = sock.getsockopt(socket.SOL_SOCKET, option, 16)
+    seconds = 0.0 if timeout is None else max(timeout, 1e-6)  # 0 means "wait forever" here
+    sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", int(seconds), int(seconds % 1 * 1e6)))
+    try:
+        yield
+    finally:
+        with suppress(OSError):  # the owner closed it meanwhile: nothing left to restore
+            sock.setsockopt(socket.SOL_SOCKET, option, previous)
 
 
 def new_pipe(size: int) -> tuple[int, int, int]:

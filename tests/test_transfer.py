@@ -11,6 +11,7 @@ import io
 import os
 import random
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -457,7 +458,11 @@ def test_stalled_source_times_out(run: Runner, kind: str) -> None:
 
 
 def test_socket_options_are_restored(blob_32m: bytes) -> None:
+    """Options the owner set (here 7 s on the destination, a blocking socket object whose calls
+    the engine uses) and options it did not (the source's) are as they were afterwards."""
     server, client = tcp_pair()
+    assert server.gettimeout() is None
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 7, 0))
     source = feed_socket(blob_32m)
     options = [(server, socket.SO_SNDTIMEO), (source, socket.SO_RCVTIMEO)]
     before = [sock.getsockopt(socket.SOL_SOCKET, option, 16) for sock, option in options]
