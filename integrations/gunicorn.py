@@ -52,7 +52,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -393,18 +393,24 @@ ACCEPT_PAUSE = 1.0
 connections waiting stay in the backlog and are taken once fds are free again."""
 
 
-@contextmanager
-def _paused_when_out_of_fds(pause: Callable[[], None]) -> Iterator[None]:
+class _PausedWhenOutOfFds:
     """Around an accept: out of fds, log it and ``pause`` accepting instead of letting the
-    error end the worker; any other error goes on."""
-    try:
-        yield
-    except OSError as error:
-        if error.errno not in OUT_OF_FDS:
-            raise
+    error end the worker; any other error goes on. A class, not a generator: the sync worker's
+    every idle accept ends in EAGAIN, which a generator's context would throw through a frame."""
+
+    def __init__(self, pause: Callable[[], None]) -> None:
+        self.pause = pause
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _: object) -> bool:
+        if not isinstance(error, OSError) or error.errno not in OUT_OF_FDS:
+            return False
         pausing = "fastbody: accept() failed (%s): no new connections for %.0f s"
         log.error(pausing, error.strerror, ACCEPT_PAUSE)
-        pause()
+        self.pause()
+        return True
 
 
 class FastSync(SyncWorker):  # type: ignore[misc]
@@ -414,9 +420,10 @@ class FastSync(SyncWorker):  # type: ignore[misc]
     the worker, resetting the connections in its backlog."""
 
     wsgi: WSGIApp
+    _out_of_fds: _PausedWhenOutOfFds  # made in load_wsgi, before the first accept
 
     def accept(self, listener: socket.socket) -> None:
-        with _paused_when_out_of_fds(self._pause_accepting):
+        with self._out_of_fds:
             super().accept(listener)
 
     def _pause_accepting(self) -> None:
@@ -429,6 +436,7 @@ class FastSync(SyncWorker):  # type: ignore[misc]
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
+        self._out_of_fds = _PausedWhenOutOfFds(self._pause_accepting)
         if self.cfg.threads > 1:  # gunicorn swaps only classes named ...SyncWorker for gthread
             log.warning(
                 "fastbody: the sync worker handles one request at a time and ignores --threads %d;"
@@ -450,9 +458,10 @@ class FastThread(ThreadWorker):  # type: ignore[misc]
 
     wsgi: WSGIApp
     _accept_again_at = 0.0  # monotonic time before which accepting stays off
+    _out_of_fds: _PausedWhenOutOfFds  # made in load_wsgi, before the first accept
 
     def accept(self, listener: socket.socket) -> None:
-        with _paused_when_out_of_fds(self._pause_accepting):
+        with self._out_of_fds:
             super().accept(listener)
 
     def _pause_accepting(self) -> None:
@@ -467,6 +476,7 @@ class FastThread(ThreadWorker):  # type: ignore[misc]
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
+        self._out_of_fds = _PausedWhenOutOfFds(self._pause_accepting)
         self.wsgi = _upgrade(self.wsgi, None, Handoff.from_environ(), Settings.of(self.cfg))
 
 
