@@ -85,6 +85,10 @@ def source_body(
 
 
 def destination(sock: socket.socket) -> Destination:
+    if type(sock) is socket.socket and _raw_type(sock) == socket.SOCK_STREAM:  # the usual case
+        fd = sock.fileno()
+        if fd >= 0:
+            return Destination(fd, handle=sock)
     fileno = getattr(sock, "fileno", None)
     fd = fileno() if fileno is not None else -1
     # A socket object's fd is a socket (it could not have been made otherwise): no fstat.
