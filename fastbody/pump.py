@@ -95,6 +95,7 @@ class Destination:
     tls: ssl.SSLSocket | None = None
     handle: socket.socket | None = None  # a socket object on ``fd``, for ``send`` with flags
     pending: bytes = b""
+    nonblocking: bool = False  # the owner's object says ``fd`` is non-blocking (an asyncio transport's)
 
     def write(self, data: memoryview) -> int | Wait:
         """Write what the socket takes of ``pending`` and then ``data``: the body bytes written."""
@@ -272,7 +273,7 @@ def pump(
     try:
         rest: Body | None = body
         tail = b""  # framing bytes that follow the rest of a piece sent partly at once
-        at_once = _at_once(dst, progress, body, framing, last) if framing is not None and in_kernel else None
+        at_once = _at_once(dst, progress, body, framing, last) if framing is not None else None
         if at_once is not None:
             rest, tail = at_once
             framing = None  # the piece, its framing and the body's end are decided
@@ -337,12 +338,15 @@ def _at_once(
     dst: Destination, progress: Progress, body: Body, framing: BodyWriter, last: bool
 ) -> tuple[Body | None, bytes] | None:
     """A small piece known whole (a short file, a bytes object) with all its framing in one
-    non-blocking ``sendmsg``, before any set-up: on a socket with room, which is nearly always,
-    a small response then costs that one call. ``None`` when the piece is not such a one;
-    else what is left to send: the rest of the body (``None`` if nothing) and the framing
-    bytes after it."""
+    call that never waits (``sendmsg`` with ``MSG_DONTWAIT``, or ``writev`` on an fd its owner
+    keeps non-blocking), before any set-up: on a socket with room, which is nearly always, a
+    small response then costs that one call (under asyncio: no dup of the transport's fd).
+    ``None`` when the piece is not such a one; else what is left to send: the rest of the body
+    (``None`` if nothing) and the framing bytes after it."""
     size = known_length(body, progress.limit)
-    if dst.tls is not None or dst.handle is None or size is None or size >= plan.SMALL_BODY:
+    if dst.tls is not None or size is None or size >= plan.SMALL_BODY:
+        return None
+    if dst.handle is None and not dst.nonblocking:  # a blocking fd alone: every call may wait
         return None
     if framing.remaining is not None and (size > framing.remaining or (last and size < framing.remaining)):
         return None  # the long way raises what this is
@@ -357,7 +361,11 @@ def _at_once(
         return None
     prefix, suffix = framing.piece(size)
     head, tail = dst.pending + prefix, suffix + (framing.end() if last else b"")
-    sent = syscalls.send_parts(dst.handle, [head, data, tail])
+    parts = [head, data, tail]
+    if dst.handle is not None:
+        sent = syscalls.send_parts(dst.handle, parts)
+    else:
+        sent = syscalls.write_parts(dst.fd, parts) or 0
     moved = min(max(sent - len(head), 0), size)
     progress.add(counters.COPY, moved)
     dst.pending = head[sent:]

@@ -97,7 +97,12 @@ def destination(sock: socket.socket) -> Destination:
         raise TypeError(f"sock must be a connected stream socket, not {sock!r}")
     if isinstance(sock, ssl.SSLSocket):
         return Destination(fd, tls=sock)
-    return Destination(fd, handle=sock if isinstance(sock, socket.socket) else None)
+    if isinstance(sock, socket.socket):
+        return Destination(fd, handle=sock)
+    # An asyncio transport's socket (asyncio's TransportSocket, uvloop's PseudoSocket) is no
+    # socket object, but says its fd is non-blocking, as the transport keeps it.
+    gettimeout = getattr(sock, "gettimeout", None)
+    return Destination(fd, nonblocking=gettimeout is not None and gettimeout() == 0)
 
 
 def _raw_type(sock: socket.socket) -> int:

@@ -97,6 +97,52 @@ def test_transfer_on_a_transport_socket(loop_kind: str, blob_32m: bytes, tmp_pat
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
+def test_small_body_on_a_transport_socket_goes_in_one_call(
+    loop_kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small response body (a 1 KiB file under a Content-Length) on a transport's socket
+    (asyncio's TransportSocket, uvloop's PseudoSocket: no socket objects, but non-blocking)
+    goes in one ``writev`` before any set-up: no dup of the transport's fd, no socket object."""
+    body = os.urandom(1024)
+    path = tmp_path / "small"
+    path.write_bytes(body)
+    calls: list[str] = []
+    for name in ("own_handle", "dup", "write_parts"):
+        real = getattr(fastbody.syscalls, name)
+        monkeypatch.setattr(
+            fastbody.syscalls, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a)
+        )
+    framing = fastbody.framing.for_response(
+        http11=True, method="GET", status=200, declared=fastbody.framing.Declared(None), known=len(body)
+    )
+
+    async def main() -> tuple[int, str]:
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        class Serve(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+                self.sending = asyncio.ensure_future(self.send(transport))
+
+            async def send(self, transport: asyncio.Transport) -> None:
+                writer = fastbody.ResponseWriter(transport.get_extra_info("socket"), framing)
+                with open(path, "rb") as file:
+                    sent = await writer.asend(file, last=True)
+                transport.close()
+                done.set_result(sent)
+
+        server = await asyncio.get_running_loop().create_server(Serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        received = await reader.read(-1)
+        writer.close()
+        server.close()
+        return await done, sha256(received)
+
+    assert run_async(main(), loop_kind) == (len(body), sha256(body))
+    assert calls == ["write_parts"]
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
 def test_cancelled_transfer_releases_everything(loop_kind: str, blob_32m: bytes) -> None:
     default_pool.clear()
     before = set(os.listdir("/proc/self/fd"))
