@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import os
 import shutil
@@ -13,6 +14,7 @@ import ssl
 import subprocess
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -61,6 +63,29 @@ def test_loop_stays_responsive_while_a_slow_client_reads(loop_kind: str, blob_32
     assert max(gaps) < 0.5, f"the loop was blocked for {max(gaps):.3f} s"
 
 
+async def served_once(send: Callable[[asyncio.Transport], Awaitable[int]]) -> tuple[int, str]:
+    """One connection to a server on this loop whose protocol runs ``send(transport)`` and then
+    closes the transport: what ``send`` returned, and the sha256 of all the client received."""
+    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    class Serve(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            self.sending = asyncio.ensure_future(self.send(transport))
+
+        async def send(self, transport: asyncio.Transport) -> None:
+            sent = await send(transport)
+            transport.close()
+            done.set_result(sent)
+
+    server = await asyncio.get_running_loop().create_server(Serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    received = await reader.read(-1)
+    writer.close()
+    server.close()
+    return await done, sha256(received)
+
+
 @pytest.mark.parametrize("loop_kind", LOOPS)
 def test_transfer_on_a_transport_socket(loop_kind: str, blob_32m: bytes, tmp_path: Path) -> None:
     """The case of an ASGI server: the socket belongs to a transport; atransfer watches a dup."""
@@ -68,31 +93,14 @@ def test_transfer_on_a_transport_socket(loop_kind: str, blob_32m: bytes, tmp_pat
     path.write_bytes(blob_32m)
     moved = StatsDelta()
 
-    async def main() -> tuple[int, str]:
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    async def send(transport: asyncio.Transport) -> int:
+        transport.pause_reading()
+        transport.write(b"head:")  # bytes the transport buffered go out first
+        while transport.get_write_buffer_size():
+            await asyncio.sleep(0.001)
+        return await fastbody.atransfer(transport.get_extra_info("socket"), str(path))
 
-        class Serve(asyncio.Protocol):
-            def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-                transport.pause_reading()
-                transport.write(b"head:")  # bytes the transport buffered go out first
-                self.sending = asyncio.ensure_future(self.send(transport))
-
-            async def send(self, transport: asyncio.Transport) -> None:
-                while transport.get_write_buffer_size():
-                    await asyncio.sleep(0.001)
-                sent = await fastbody.atransfer(transport.get_extra_info("socket"), str(path))
-                transport.close()
-                done.set_result(sent)
-
-        server = await asyncio.get_running_loop().create_server(Serve, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        received = await reader.read(-1)
-        writer.close()
-        server.close()
-        return await done, sha256(received)
-
-    assert run_async(main(), loop_kind) == (len(blob_32m), sha256(b"head:" + blob_32m))
+    assert run_async(served_once(send), loop_kind) == (len(blob_32m), sha256(b"head:" + blob_32m))
     assert moved() == {"sendfile": len(blob_32m)}
 
 
@@ -107,39 +115,26 @@ def test_small_body_on_a_transport_socket_goes_in_one_call(
     path = tmp_path / "small"
     path.write_bytes(body)
     calls: list[str] = []
-    for name in ("own_handle", "dup", "write_parts"):
+    for name in ("own_handle", "dup", "write_parts"):  # spies: each call still goes through
         real = getattr(fastbody.syscalls, name)
-        monkeypatch.setattr(
-            fastbody.syscalls, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a)
-        )
+        spy = functools.partial(_spied, real, name, calls)
+        monkeypatch.setattr(fastbody.syscalls, name, spy)
     framing = fastbody.framing.for_response(
         http11=True, method="GET", status=200, declared=fastbody.framing.Declared(None), known=len(body)
     )
 
-    async def main() -> tuple[int, str]:
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    async def send(transport: asyncio.Transport) -> int:
+        writer = fastbody.ResponseWriter(transport.get_extra_info("socket"), framing)
+        with open(path, "rb") as file:
+            return await writer.asend(file, last=True)
 
-        class Serve(asyncio.Protocol):
-            def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-                self.sending = asyncio.ensure_future(self.send(transport))
-
-            async def send(self, transport: asyncio.Transport) -> None:
-                writer = fastbody.ResponseWriter(transport.get_extra_info("socket"), framing)
-                with open(path, "rb") as file:
-                    sent = await writer.asend(file, last=True)
-                transport.close()
-                done.set_result(sent)
-
-        server = await asyncio.get_running_loop().create_server(Serve, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        received = await reader.read(-1)
-        writer.close()
-        server.close()
-        return await done, sha256(received)
-
-    assert run_async(main(), loop_kind) == (len(body), sha256(body))
+    assert run_async(served_once(send), loop_kind) == (len(body), sha256(body))
     assert calls == ["write_parts"]
+
+
+def _spied(real: Callable[..., object], name: str, calls: list[str], *args: object) -> object:
+    calls.append(name)
+    return real(*args)
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
