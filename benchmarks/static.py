@@ -35,13 +35,14 @@ reference), ``÷ nginx`` and ``÷ floor`` against those rows; CPU ratios under 1
 ratios over 1 favour the row. The client (this process, or wrk), and every server share the
 machine's CPUs, so request rates move with other load; the CPU per GiB is the server's own.
 
-The big file gets ``--big-repeat`` rounds (default 7, at least ``--repeat``): one GET costs
-about a second, and on a shared 2-core VM one run's CPU per GiB moves by up to ±30 %, so the
-median of three is not enough to tell 1.2x from 1.4x.
+The big file gets ``--big-repeat`` rounds (default 7, at least ``--repeat``; ``--quick`` too,
+with its 256 MiB file; one with ``--tiny``): one GET costs about a second, and on a shared 2-core
+VM one run's CPU per GiB moves by up to ±30 %, so the median of three is not enough to tell 1.2x
+from 1.4x.
 
-``--quick``: a 256 MiB big file, 3-second wrk runs (with ``--repeat 1``: rough). Every wait is
-bounded; every process started here is stopped by its pid (also on Ctrl-C); the temporary
-directory is removed.
+``--quick``: a 256 MiB big file, 3-second wrk runs (with ``--repeat 1``: rough wrk rows).
+Every wait is bounded; every process started here is stopped by its pid (also on Ctrl-C); the
+temporary directory is removed.
 """
 
 from __future__ import annotations

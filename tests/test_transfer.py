@@ -475,6 +475,26 @@ def test_socket_options_are_restored(blob_32m: bytes) -> None:
     close_fed(source)
 
 
+def test_a_non_blocking_fd_under_a_blocking_socket_object_waits_without_spinning(
+    make_file: Callable[[bytes], str],
+) -> None:
+    """A socket object with no Python timeout whose fd was made non-blocking behind its back
+    (``os.set_blocking``, ``socket.fromfd``): the kernel waits only if the fd is made blocking,
+    so a client that stops reading costs no CPU until the timeout, and the mode is put back."""
+    server, client = tcp_pair()
+    os.set_blocking(server.fileno(), False)
+    assert server.gettimeout() is None
+    path = make_file(os.urandom(32 * MiB))  # more than the socket buffers hold: the client reads nothing
+    started, cpu = time.monotonic(), time.process_time()
+    with pytest.raises(fastbody.TransferTimeout):
+        fastbody.transfer(server, path, timeout=0.5)
+    waited, burnt = time.monotonic() - started, time.process_time() - cpu
+    assert waited >= 0.5 and burnt < waited / 2, f"{burnt:.2f} s of CPU in {waited:.2f} s: a busy loop"
+    assert not os.get_blocking(server.fileno())
+    server.close()
+    client.close()
+
+
 def test_pending_at_a_pipe_end_leaks_no_fd() -> None:
     """``fastbody.pending`` on a pipe at its end (the last step of every chunked pipe body)."""
     read_fd, write_fd = os.pipe()
