@@ -460,8 +460,7 @@ def test_stalled_source_times_out(run: Runner, kind: str) -> None:
 def test_socket_options_are_restored(blob_32m: bytes) -> None:
     """Options the owner set (here 7 s on the destination, a blocking socket object whose calls
     the engine uses) and options it did not (the source's) are as they were afterwards."""
-    server, client = tcp_pair()
-    assert server.gettimeout() is None
+    server, client = tcp_pair()  # blocking, no Python timeout: the engine sets the option through it
     server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 7, 0))
     source = feed_socket(blob_32m)
     options = [(server, socket.SO_SNDTIMEO), (source, socket.SO_RCVTIMEO)]
@@ -482,8 +481,7 @@ def test_a_non_blocking_fd_under_a_blocking_socket_object_waits_without_spinning
     (``os.set_blocking``, ``socket.fromfd``): the kernel waits only if the fd is made blocking,
     so a client that stops reading costs no CPU until the timeout, and the mode is put back."""
     server, client = tcp_pair()
-    os.set_blocking(server.fileno(), False)
-    assert server.gettimeout() is None
+    os.set_blocking(server.fileno(), False)  # behind the object's back: gettimeout() still says None
     path = make_file(os.urandom(32 * MiB))  # more than the socket buffers hold: the client reads nothing
     started, cpu = time.monotonic(), time.process_time()
     with pytest.raises(fastbody.TransferTimeout):
